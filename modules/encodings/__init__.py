@@ -1,0 +1,24 @@
+"""Positional encodings for serialized grids, chosen by name (see ``registry.py``)."""
+
+from modules.encodings.base import (
+    AdditiveEncoding,
+    BiasEncoding,
+    PositionalEncoding,
+    Positions,
+    RotaryEncoding,
+    apply_rotary,
+)
+from modules.encodings.registry import ENCODINGS, EncodingName, EncodingStack, parse_encoding_names
+
+__all__ = [
+    "AdditiveEncoding",
+    "BiasEncoding",
+    "ENCODINGS",
+    "EncodingName",
+    "EncodingStack",
+    "PositionalEncoding",
+    "Positions",
+    "RotaryEncoding",
+    "apply_rotary",
+    "parse_encoding_names",
+]

@@ -1,0 +1,89 @@
+"""The positional-encoding interface: three slots, explicit positions.
+
+As in x-transformers, an encoding plugs into one of three slots by what it does:
+
+- ``additive``: a vector added to the token embeddings, ``(B, T, d_model)``;
+- ``rotary``:   a rotation of q and k inside attention, given as ``cos, sin`` of shape
+                ``(B, 1, T, head_dim)`` and applied with :func:`apply_rotary`;
+- ``bias``:     an additive attention bias ``(B, n_heads, Tq, Tk)`` from query and key positions.
+
+Every encoding receives explicit :class:`Positions` from the serializer (sequence index, cell
+row and column, grid index) and never infers a grid shape from the sequence length.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar, NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+
+class Positions(NamedTuple):
+    """Per-token coordinates, each ``(B, T)`` int64. ``row``/``col``/``grid`` are -1 for
+    tokens that are not cells (or not in a grid)."""
+
+    pos: Tensor  # index in the sequence, 0..T-1 (continues across KV-cache steps)
+    row: Tensor  # cell row inside its grid, or -1
+    col: Tensor  # cell column inside its grid, or -1
+    grid: Tensor  # grid index in the sequence, or -1
+
+    def slice(self, start: int, end: int) -> "Positions":
+        return Positions(*(t[:, start:end] for t in self))
+
+    @staticmethod
+    def cat(a: "Positions", b: "Positions") -> "Positions":
+        return Positions(*(torch.cat([x, y], dim=1) for x, y in zip(a, b)))
+
+
+class PositionalEncoding(nn.Module):
+    """Base class. Subclasses set ``slot`` and implement ``forward`` for it."""
+
+    slot: ClassVar[str] = "additive"
+
+    def __init__(self, d_model: int, n_heads: int, max_seq_len: int) -> None:
+        super().__init__()
+        self.d_model = d_model
+        self.n_heads = n_heads
+        self.head_dim = d_model // n_heads
+        self.max_seq_len = max_seq_len
+
+
+class AdditiveEncoding(PositionalEncoding):
+    slot = "additive"
+
+    def forward(self, p: Positions) -> Tensor:  # (B, T, d_model)
+        raise NotImplementedError
+
+
+class RotaryEncoding(PositionalEncoding):
+    slot = "rotary"
+
+    def forward(self, p: Positions) -> tuple[Tensor, Tensor]:  # cos, sin: (B, 1, T, head_dim)
+        raise NotImplementedError
+
+
+class BiasEncoding(PositionalEncoding):
+    slot = "bias"
+
+    def forward(self, q: Positions, k: Positions) -> Tensor:  # (B, n_heads, Tq, Tk)
+        raise NotImplementedError
+
+
+class NoEncoding(AdditiveEncoding):
+    """``none``: no positional information at all (the causal mask alone orders tokens)."""
+
+    def forward(self, p: Positions) -> Tensor:
+        return torch.zeros((), dtype=torch.float32, device=p.pos.device)
+
+
+def rotate_half(x: Tensor) -> Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Rotate ``x`` (B, nh, T, hs) by the angles whose cos/sin are (B, 1, T, hs).
+
+    Pairs dimension i with i + hs/2 (the "rotate half" convention of GPT-NeoX/litgpt)."""
+    return (x * cos + rotate_half(x) * sin).to(x.dtype)

@@ -1,0 +1,73 @@
+"""One explicit registry of positional encodings, and the stack that combines them.
+
+``ENCODINGS`` keys must equal the values of ``EncodingName`` (a test checks it), so a YAML
+config, a command-line flag and a checkpoint all name an encoding by the same plain string.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, Sequence, Union, get_args
+
+from torch import Tensor, nn
+
+from modules.encodings.base import NoEncoding, PositionalEncoding, Positions
+
+EncodingName = Literal["none"]
+
+ENCODINGS: dict[str, type[PositionalEncoding]] = {
+    "none": NoEncoding,
+}
+
+
+def parse_encoding_names(encoding: Union[str, Sequence[str]]) -> list[str]:
+    """Normalise ``encoding`` (a name or a list of names) and reject unknown or repeated names."""
+    names = [encoding] if isinstance(encoding, str) else list(encoding)
+    if not names:
+        raise ValueError(f"model.encoding is empty; choose from {sorted(ENCODINGS)} (use 'none' for no encoding)")
+    seen: set[str] = set()
+    for name in names:
+        if name not in ENCODINGS:
+            raise ValueError(f"model.encoding: unknown encoding {name!r}; valid names: {', '.join(sorted(ENCODINGS))}")
+        if name in seen:
+            raise ValueError(f"model.encoding: {name!r} is listed twice in {names}")
+        seen.add(name)
+    rotary = [n for n in names if ENCODINGS[n].slot == "rotary"]
+    if len(rotary) > 1:
+        raise ValueError(
+            f"model.encoding: {rotary[0]!r} and {rotary[1]!r} are both rotary encodings; q/k can be rotated by only one"
+        )
+    if len(names) > 1 and "none" in names:
+        raise ValueError(f"model.encoding: 'none' cannot be combined with other encodings, got {names}")
+    return names
+
+
+class EncodingStack(nn.Module):
+    """All encodings of a model, grouped by slot. Each slot is a no-op when empty."""
+
+    def __init__(self, encoding: Union[str, Sequence[str]], d_model: int, n_heads: int, max_seq_len: int) -> None:
+        super().__init__()
+        self.names = parse_encoding_names(encoding)
+        mods = {n: ENCODINGS[n](d_model=d_model, n_heads=n_heads, max_seq_len=max_seq_len) for n in self.names}
+        self.additive_encodings = nn.ModuleList([m for m in mods.values() if m.slot == "additive"])
+        self.rotary_encodings = nn.ModuleList([m for m in mods.values() if m.slot == "rotary"])
+        self.bias_encodings = nn.ModuleList([m for m in mods.values() if m.slot == "bias"])
+
+    def additive(self, p: Positions) -> Tensor | None:
+        out = None
+        for m in self.additive_encodings:
+            out = m(p) if out is None else out + m(p)
+        return out
+
+    def rotary(self, p: Positions) -> tuple[Tensor, Tensor] | None:
+        return self.rotary_encodings[0](p) if len(self.rotary_encodings) else None
+
+    def bias(self, q: Positions, k: Positions) -> Tensor | None:
+        out = None
+        for m in self.bias_encodings:
+            out = m(q, k) if out is None else out + m(q, k)
+        return out
+
+
+def _check_registry() -> None:
+    if set(get_args(EncodingName)) != set(ENCODINGS):
+        raise RuntimeError(f"EncodingName {get_args(EncodingName)} != ENCODINGS keys {sorted(ENCODINGS)}")
