@@ -101,7 +101,7 @@ def _describe(value: object) -> str:
     text = " ".join(text.split())
     if len(text) > 24:
         text = text[:21] + "..."
-    return f"{text} ({_JSON_TYPE.get(type(value), type(value).__name__)})"
+    return text if value is None else f"{text} ({_JSON_TYPE.get(type(value), type(value).__name__)})"
 
 
 def _cell_defect(value: object) -> str | None:
