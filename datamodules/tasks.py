@@ -178,7 +178,9 @@ def validate_grid(obj: object, where: str) -> np.ndarray:
 
 
 def _kind(value: object) -> str:
-    return _JSON_TYPE.get(type(value), type(value).__name__)
+    """The JSON type of ``value`` with an article, e.g. "an object", "a list", "null"."""
+    name = _JSON_TYPE.get(type(value), type(value).__name__)
+    return name if name == "null" else f"{'an' if name[0] in 'aeiou' else 'a'} {name}"
 
 
 def _parse_pairs(obj: dict, split: str, where: str) -> list[Pair]:
