@@ -327,7 +327,9 @@ def load_tasks(
 ) -> list[Task]:
     """Load and validate the tasks of one source spec (see the module docstring for the specs).
 
-    ``seed``, ``n_synthetic`` and ``synthetic_max_side`` only apply to ``synthetic`` sources.
+    ``on_invalid`` ("raise" or "skip") applies to ARC and directory sources; a single ``.json``
+    file always raises on a defect (skipping it would leave nothing). ``seed``, ``n_synthetic``
+    and ``synthetic_max_side`` only apply to ``synthetic`` sources.
     """
     _check_on_invalid(on_invalid)
     if not isinstance(source, str) or not source.strip():
