@@ -1,0 +1,206 @@
+"""A small pre-norm transformer over serialized grids, causal or bidirectional, with a KV cache.
+
+Pre-norm blocks (GPT-2 / nanoGPT layout) on ``F.scaled_dot_product_attention``; positional
+information comes from :class:`modules.encodings.EncodingStack` through its three slots
+(added to the embeddings, rotating q/k, or an attention bias).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Sequence, Union
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from modules.encodings import EncodingStack, Positions, apply_rotary
+from modules.encodings.registry import parse_encoding_names
+
+
+@dataclass
+class TransformerConfig:
+    vocab_size: int = 76  # from the DataModule (datamodules.tokens.VOCAB_SIZE); linked by the CLI
+    max_seq_len: int = 2048  # longest sequence the position tables cover; linked from the DataModule
+    d_model: int = 128  # residual width
+    n_layers: int = 4  # transformer blocks
+    n_heads: int = 4  # attention heads; d_model must divide evenly
+    mlp_ratio: int = 4  # hidden width of the MLP = mlp_ratio * d_model (GPT-2 default)
+    dropout: float = 0.0  # from-scratch training on small data; 0 keeps runs deterministic
+    encoding: Union[str, Sequence[str]] = "rope_1d"  # name or list of names from modules.encodings.ENCODINGS
+    tie_embeddings: bool = True  # share the token embedding with the output head (fewer params)
+    causal: bool = True  # False for the bidirectional refiner
+    bias: bool = False  # biases in Linear layers (litgpt/nanoGPT default: off)
+    encoding_names: list = field(init=False, default_factory=list)
+
+    def __post_init__(self) -> None:
+        for name in ("vocab_size", "max_seq_len", "d_model", "n_layers", "n_heads", "mlp_ratio"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"model.{name} must be >= 1, got {getattr(self, name)}")
+        if self.d_model % self.n_heads:
+            raise ValueError(f"model.d_model ({self.d_model}) must be divisible by model.n_heads ({self.n_heads})")
+        if (self.d_model // self.n_heads) % 2:
+            raise ValueError(
+                f"model.d_model / model.n_heads = {self.d_model // self.n_heads} must be even (rotary encodings rotate pairs)"
+            )
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"model.dropout must be in [0, 1), got {self.dropout}")
+        self.encoding_names = parse_encoding_names(self.encoding)
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_heads
+
+
+class KVCache:
+    """Keys/values of every layer for incremental decoding, plus the positions they were made at
+    (attention-bias encodings need key positions). Preallocated to ``max_len``; ``length`` grows."""
+
+    def __init__(self, n_layers: int, batch: int, n_heads: int, head_dim: int, max_len: int, device, dtype) -> None:
+        shape = (batch, n_heads, max_len, head_dim)
+        self.k = [torch.empty(shape, device=device, dtype=dtype) for _ in range(n_layers)]
+        self.v = [torch.empty(shape, device=device, dtype=dtype) for _ in range(n_layers)]
+        self.positions: Positions | None = None
+        self.length = 0
+        self.max_len = max_len
+
+    def append(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        t0, t1 = self.length, self.length + k.size(2)
+        if t1 > self.max_len:
+            raise ValueError(f"KV cache holds {self.max_len} positions; decoding needs {t1} (raise max_len)")
+        self.k[layer][:, :, t0:t1] = k
+        self.v[layer][:, :, t0:t1] = v
+        return self.k[layer][:, :, :t1], self.v[layer][:, :, :t1]
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: TransformerConfig) -> None:
+        super().__init__()
+        self.n_heads, self.head_dim, self.causal = cfg.n_heads, cfg.head_dim, cfg.causal
+        self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model, bias=cfg.bias)
+        self.proj = nn.Linear(cfg.d_model, cfg.d_model, bias=cfg.bias)
+        self.dropout = cfg.dropout
+
+    def forward(self, x: Tensor, rot, attn_bias: Tensor | None, cache: KVCache | None, layer: int) -> Tensor:
+        B, T, C = x.shape
+        q, k, v = self.qkv(x).split(C, dim=2)
+        q = q.view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, nh, T, hs)
+        k = k.view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, nh, T, hs)
+        v = v.view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, nh, T, hs)
+        if rot is not None:
+            cos, sin = rot
+            q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        past = 0
+        if cache is not None:
+            past = cache.length
+            k, v = cache.append(layer, k, v)  # (B, nh, past+T, hs)
+        dropout = self.dropout if self.training else 0.0
+        if attn_bias is None and (not self.causal or past == 0 or T == 1):
+            # fast paths: full causal mask from the start, one new query (sees every key), or bidirectional
+            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=self.causal and T > 1)
+        else:
+            mask = attn_bias
+            if self.causal:
+                causal = torch.ones(T, past + T, dtype=torch.bool, device=x.device).tril(diagonal=past)
+                neg = torch.zeros(T, past + T, dtype=q.dtype, device=x.device).masked_fill(~causal, float("-inf"))
+                mask = neg if mask is None else mask.to(q.dtype) + neg
+            else:
+                mask = mask.to(q.dtype)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
+        y = y.transpose(1, 2).reshape(B, T, C)  # (B, T, C)
+        return self.proj(y)
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: TransformerConfig) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(cfg.d_model, bias=cfg.bias)
+        self.attn = Attention(cfg)
+        self.norm2 = nn.LayerNorm(cfg.d_model, bias=cfg.bias)
+        hidden = cfg.mlp_ratio * cfg.d_model
+        self.mlp = nn.Sequential(
+            nn.Linear(cfg.d_model, hidden, bias=cfg.bias),
+            nn.GELU(approximate="tanh"),
+            nn.Linear(hidden, cfg.d_model, bias=cfg.bias),
+            nn.Dropout(cfg.dropout),
+        )
+
+    def forward(self, x: Tensor, rot, attn_bias, cache, layer: int) -> Tensor:
+        x = x + self.attn(self.norm1(x), rot, attn_bias, cache, layer)
+        return x + self.mlp(self.norm2(x))
+
+
+class Transformer(nn.Module):
+    """Token ids + explicit positions -> logits ``(B, T, vocab_size)``."""
+
+    def __init__(self, cfg: TransformerConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.encodings = EncodingStack(cfg.encoding_names, cfg.d_model, cfg.n_heads, cfg.max_seq_len)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList([Block(cfg) for _ in range(cfg.n_layers)])
+        self.norm = nn.LayerNorm(cfg.d_model, bias=cfg.bias)
+        self.head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        if cfg.tie_embeddings:
+            self.head.weight = self.embed.weight  # one Parameter: parameters() yields it once
+        self.apply(self._init_weights)
+        for name, p in self.named_parameters():  # GPT-2: scale residual projections by depth
+            if name.endswith("attn.proj.weight") or name.endswith("mlp.2.weight"):
+                nn.init.normal_(p, mean=0.0, std=0.02 / (2 * cfg.n_layers) ** 0.5)
+
+    @staticmethod
+    def _init_weights(m: nn.Module) -> None:
+        if isinstance(m, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(m.weight, mean=0.0, std=0.02)
+            if getattr(m, "bias", None) is not None:
+                nn.init.zeros_(m.bias)
+
+    def new_cache(self, batch: int, max_len: int, device=None, dtype=None) -> KVCache:
+        p = self.embed.weight
+        c = self.cfg
+        return KVCache(c.n_layers, batch, c.n_heads, c.head_dim, max_len, device or p.device, dtype or p.dtype)
+
+    def hidden(
+        self,
+        tokens: Tensor,
+        positions: Positions,
+        cache: KVCache | None = None,
+        key_padding_mask: Tensor | None = None,
+    ) -> Tensor:
+        """Final normalised hidden states ``(B, T, d_model)``.
+
+        ``key_padding_mask`` (B, T) True for real tokens: only needed by bidirectional models
+        (a causal model never lets a real token see right-padding)."""
+        x = self.embed(tokens)  # (B, T, C)
+        add = self.encodings.additive(positions)
+        if add is not None:
+            x = x + add.to(x.dtype)
+        x = self.drop(x)
+        rot = self.encodings.rotary(positions)
+        if rot is not None:
+            rot = (rot[0].to(x.dtype), rot[1].to(x.dtype))
+        key_pos = positions if cache is None or cache.positions is None else Positions.cat(cache.positions, positions)
+        attn_bias = self.encodings.bias(positions, key_pos)  # (B, nh, T, Tk) or None
+        if key_padding_mask is not None:
+            pad = torch.zeros(key_padding_mask.shape, dtype=x.dtype, device=x.device)
+            pad = pad.masked_fill(~key_padding_mask, float("-inf"))[:, None, None, :]  # (B, 1, 1, Tk)
+            attn_bias = pad if attn_bias is None else attn_bias + pad
+        for i, block in enumerate(self.blocks):
+            x = block(x, rot, attn_bias, cache, i)
+        if cache is not None:
+            cache.length += tokens.size(1)
+            cache.positions = key_pos
+        return self.norm(x)
+
+    def forward(
+        self,
+        tokens: Tensor,
+        positions: Positions,
+        cache: KVCache | None = None,
+        key_padding_mask: Tensor | None = None,
+    ) -> Tensor:
+        return self.head(self.hidden(tokens, positions, cache, key_padding_mask))  # (B, T, vocab)
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
