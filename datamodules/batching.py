@@ -1,0 +1,133 @@
+"""Length-bucketed batching and padding.
+
+Examples of similar length are batched together so that padding stays a small fraction of the
+tokens: each epoch the examples are shuffled, cut into *mega-batches* of
+``batch_size * bucket_factor`` examples, each mega-batch is sorted by length and cut into
+batches, and the batch order is shuffled (the "sortish" sampler of fairseq / HF Trainer).
+Everything is a pure function of ``(seed, epoch)``, so a run and its resume see the same
+batches. The sampler yields ``(index, epoch)`` keys so the dataset can draw per-epoch
+augmentations deterministically, also inside worker processes.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Sampler
+
+from datamodules.tokens import FIELDS, PAD, ROLE_SPECIAL, TokenSequence
+
+
+class BucketBatchSampler(Sampler[list[tuple[int, int]]]):
+    def __init__(
+        self,
+        lengths: Sequence[int],
+        batch_size: int,
+        shuffle: bool = True,
+        seed: int = 0,
+        bucket_factor: int = 64,
+        drop_last: bool = False,
+        num_replicas: int = 1,
+        rank: int = 0,
+    ) -> None:
+        if batch_size < 1:
+            raise ValueError(f"data.batch_size must be >= 1, got {batch_size}")
+        if not 0 <= rank < num_replicas:
+            raise ValueError(f"rank {rank} is outside 0..{num_replicas - 1}")
+        self.lengths = np.asarray(lengths, dtype=np.int64)
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.seed = seed
+        self.bucket_factor = max(1, bucket_factor)
+        self.drop_last = drop_last
+        self.num_replicas = num_replicas
+        self.rank = rank
+        self.epoch = 0
+        self.start_batch = 0  # batches of this epoch already consumed (set when resuming mid-epoch)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Called by Lightning at the start of every epoch."""
+        self.epoch = epoch
+
+    def batches(self, epoch: int | None = None) -> list[np.ndarray]:
+        """All batches of an epoch for every replica, as arrays of example indices."""
+        epoch = self.epoch if epoch is None else epoch
+        n = len(self.lengths)
+        if self.shuffle:
+            rng = np.random.default_rng([self.seed, epoch])
+            order = rng.permutation(n)
+            chunk = self.batch_size * self.bucket_factor
+            parts = []
+            for s in range(0, n, chunk):
+                idx = order[s : s + chunk]
+                parts.append(idx[np.argsort(self.lengths[idx], kind="stable")])
+            order = np.concatenate(parts) if parts else order
+        else:
+            order = np.argsort(self.lengths, kind="stable")
+        batches = [order[s : s + self.batch_size] for s in range(0, n, self.batch_size)]
+        if self.drop_last and batches and len(batches[-1]) < self.batch_size:
+            batches.pop()
+        if self.shuffle:
+            rng = np.random.default_rng([self.seed, epoch, 1])
+            batches = [batches[i] for i in rng.permutation(len(batches))]
+        if self.num_replicas > 1:
+            # every rank gets the same number of batches: repeat the first ones to fill the last round
+            total = math.ceil(len(batches) / self.num_replicas) * self.num_replicas
+            batches = batches + batches[: total - len(batches)]
+        return batches
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        mine = self.batches()[self.rank :: self.num_replicas]
+        start, self.start_batch = self.start_batch, 0
+        for b in mine[start:]:
+            yield [(int(i), self.epoch) for i in b]
+
+    def __len__(self) -> int:
+        n = len(self.lengths)
+        nb = n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+        return math.ceil(nb / self.num_replicas)
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "seed": self.seed}
+
+
+def collate(seqs: list[TokenSequence]) -> dict:
+    """Right-pad a list of sequences to the longest one: PAD tokens, -1 coordinates,
+    SPECIAL role, no target. Returns (B, T) int64 tensors (bool for ``target_mask``), ``pos``
+    (B, T), ``lengths`` (B,), and ``meta`` (a list of the sequences' meta dicts)."""
+    B = len(seqs)
+    T = max(len(s) for s in seqs)
+    out = {
+        "tokens": np.full((B, T), PAD, dtype=np.int64),
+        "row": np.full((B, T), -1, dtype=np.int64),
+        "col": np.full((B, T), -1, dtype=np.int64),
+        "grid": np.full((B, T), -1, dtype=np.int64),
+        "role": np.full((B, T), ROLE_SPECIAL, dtype=np.int64),
+        "target_mask": np.zeros((B, T), dtype=bool),
+    }
+    lengths = np.empty(B, dtype=np.int64)
+    for i, s in enumerate(seqs):
+        n = len(s)
+        lengths[i] = n
+        for name in FIELDS:
+            out[name][i, :n] = getattr(s, name)
+    batch = {k: torch.from_numpy(v) for k, v in out.items()}
+    batch["pos"] = torch.arange(T, dtype=torch.int64).expand(B, T).contiguous()
+    batch["lengths"] = torch.from_numpy(lengths)
+    batch["meta"] = [s.meta for s in seqs]
+    return batch
+
+
+def pad_fraction(lengths: Sequence[int], batches: Sequence[Sequence[int]]) -> float:
+    """Fraction of padded positions when ``batches`` (lists of example indices) are padded to
+    their longest member."""
+    lengths = np.asarray(lengths)
+    real = padded = 0
+    for b in batches:
+        ls = lengths[np.asarray(b)]
+        real += int(ls.sum())
+        padded += int(ls.max()) * len(ls)
+    return 1.0 - real / padded if padded else 0.0
