@@ -121,6 +121,7 @@ def _solved(target: np.ndarray, entry: object) -> bool:
 def score_submission(submission: dict, tasks: list[Task], source: str = "") -> ScoreReport:
     """Score ``submission`` (ARC submission format) against ``tasks``; see the module docstring.
 
+    ``source`` names the tasks in the summary line (default: their common ``Task.source``).
     Raises ``ValueError`` when ``submission`` is not a dict, when ``tasks`` is empty, or when a
     task has a hidden test output (``Pair.output is None``): such a task cannot be scored.
     """
@@ -152,7 +153,7 @@ def score_submission(submission: dict, tasks: list[Task], source: str = "") -> S
         per_task=rows,
         missing=missing,
         extra=extra,
-        source=source or tasks[0].source,
+        source=source or (tasks[0].source if len({t.source for t in tasks}) == 1 else "tasks"),
     )
 
 
