@@ -87,3 +87,14 @@ def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
 
     Pairs dimension i with i + hs/2 (the "rotate half" convention of GPT-NeoX/litgpt)."""
     return (x * cos + rotate_half(x) * sin).to(x.dtype)
+
+
+def check_below(values: Tensor, limit: int, field: str, encoding: str, fix: str) -> None:
+    """Raise a ``ValueError`` naming the encoding, the field and the fix if any of ``values`` is
+    ``>= limit``. Position tables are indexed, never clamped: a silently clamped position would
+    give two tokens the same encoding. One host sync per call (skipped under ``torch.compile``)."""
+    if values.numel() == 0 or torch.compiler.is_compiling():
+        return
+    top = int(values.max())
+    if top >= limit:
+        raise ValueError(f"{encoding}: {field} {top} is outside the table of {limit} entries; {fix}")

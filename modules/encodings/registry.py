@@ -10,13 +10,37 @@ from typing import Literal, Sequence, Union, get_args
 
 from torch import Tensor, nn
 
+from modules.encodings.additive import Learned1D, OneHot2D, Quadtree2D, Sinusoidal1D, Sinusoidal2D
 from modules.encodings.base import NoEncoding, PositionalEncoding, Positions
+from modules.encodings.bias import Alibi2D
+from modules.encodings.rotary import Rope1D, Rope2D
 
-EncodingName = Literal["none"]
+EncodingName = Literal[
+    "none",
+    "learned_1d",
+    "sinusoidal_1d",
+    "rope_1d",
+    "onehot_2d",
+    "quadtree_2d",
+    "sinusoidal_2d",
+    "rope_2d",
+    "alibi_2d",
+]
 
 ENCODINGS: dict[str, type[PositionalEncoding]] = {
-    "none": NoEncoding,
+    "none": NoEncoding,  # additive, zero
+    "learned_1d": Learned1D,  # additive, sequence index
+    "sinusoidal_1d": Sinusoidal1D,  # additive, sequence index
+    "rope_1d": Rope1D,  # rotary, sequence index
+    "onehot_2d": OneHot2D,  # additive, cell (row, col)
+    "quadtree_2d": Quadtree2D,  # additive, cell (row, col)
+    "sinusoidal_2d": Sinusoidal2D,  # additive, cell (row, col)
+    "rope_2d": Rope2D,  # rotary, cell (row, col)
+    "alibi_2d": Alibi2D,  # bias, cell pairs of one grid
 }
+
+
+SLOTS = ("additive", "rotary", "bias")
 
 
 def parse_encoding_names(encoding: Union[str, Sequence[str]]) -> list[str]:
@@ -69,5 +93,12 @@ class EncodingStack(nn.Module):
 
 
 def _check_registry() -> None:
+    """Raise if ``EncodingName`` and ``ENCODINGS`` disagree or a class has an unknown slot."""
     if set(get_args(EncodingName)) != set(ENCODINGS):
         raise RuntimeError(f"EncodingName {get_args(EncodingName)} != ENCODINGS keys {sorted(ENCODINGS)}")
+    for name, cls in ENCODINGS.items():
+        if cls.slot not in SLOTS:
+            raise RuntimeError(f"encoding {name!r} ({cls.__name__}) has slot {cls.slot!r}; expected one of {SLOTS}")
+
+
+_check_registry()
