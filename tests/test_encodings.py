@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import get_args
 
 import pytest
 import torch
+import yaml
 
 from modules.encodings import ENCODINGS, EncodingName, EncodingStack, Positions, apply_rotary, parse_encoding_names
 from modules.encodings import reference as ref
@@ -407,3 +409,17 @@ SLOPES = {
 @pytest.mark.parametrize("n_heads, slopes", SLOPES.values(), ids=SLOPES.keys())
 def test_alibi_slopes_of_press_et_al(n_heads, slopes):
     assert alibi_slopes(n_heads) == pytest.approx(slopes)
+
+
+# ---------------------------------------------------------------- config fragments
+
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs" / "encodings"
+
+
+def test_every_encoding_has_a_config_fragment_and_every_fragment_is_valid():
+    fragments = {p.stem: yaml.safe_load(p.read_text()) for p in sorted(CONFIG_DIR.glob("*.yaml"))}
+    assert set(NAMES) <= set(fragments)
+    for stem, cfg in fragments.items():
+        assert list(cfg) == ["model"] and list(cfg["model"]) == ["encoding"], stem
+        names = parse_encoding_names(cfg["model"]["encoding"])
+        assert "+".join(names) == stem, f"{stem}.yaml names {names}"
