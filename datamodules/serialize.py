@@ -138,9 +138,28 @@ def example_length(
 ) -> int:
     """``len(serialize_example(context, query, ..., row_end=row_end, prompt_only=prompt_only))``,
     from the grid shapes alone (no arrays built). Same errors for a missing output."""
+    return _length(context, query, row_end, prompt_only, transpose=False)
+
+
+def max_augmented_length(
+    context: Sequence[Pair], query: Pair, row_end: bool = False, prompt_only: bool = False
+) -> int:
+    """The longest :func:`example_length` of the example under any dihedral augmentation.
+
+    Transposing transforms swap every grid's height and width, which changes the number of
+    ROW_END tokens (one per row); without ``row_end`` this equals :func:`example_length`."""
+    length = _length(context, query, row_end, prompt_only, transpose=False)
+    return max(length, _length(context, query, row_end, prompt_only, transpose=True)) if row_end else length
+
+
+def _length(context: Sequence[Pair], query: Pair, row_end: bool, prompt_only: bool, transpose: bool) -> int:
     total = 1  # BOS
     for grid, _, _ in _grids(context, query, prompt_only):
-        total += 1 if grid is None else grid_token_count(*np.shape(grid), row_end)
+        if grid is None:
+            total += 1  # the bare OUTPUT marker
+            continue
+        h, w = np.shape(grid)
+        total += grid_token_count(w, h, row_end) if transpose else grid_token_count(h, w, row_end)
     return total
 
 

@@ -7,12 +7,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from datamodules.augment import all_dihedral
 from datamodules.orders import ORDERS, ROW_WISE_ORDERS, cell_order
 from datamodules.serialize import (
     cell_positions,
     deserialize,
     example_length,
     grid_token_count,
+    max_augmented_length,
     parse_grid,
     serialize_example,
 )
@@ -141,9 +143,10 @@ def test_prompt_only_is_the_prefix_up_to_the_query_output_marker(order, row_end)
     context = [Pair(_grid(rng, 3, 7), _grid(rng, 7, 3))]
     query = Pair(_grid(rng, 5, 5), _grid(rng, 2, 9))
     meta = {"task_id": "t"}
-    full = serialize_example(context, query, order=order, row_end=row_end, target_policy="all", meta=meta)
+    kwargs = dict(order=order, row_end=row_end, target_policy="all", meta=meta)
+    full = serialize_example(context, query, **kwargs)
     hidden = Pair(query.input, None)
-    prompt = serialize_example(context, hidden, order=order, row_end=row_end, target_policy="all", prompt_only=True, meta=meta)
+    prompt = serialize_example(context, hidden, prompt_only=True, **kwargs)
     n = example_length(context, hidden, row_end=row_end, prompt_only=True)
     assert len(prompt) == n and prompt.tokens[-1] == OUTPUT and prompt.role[-1] == ROLE_TEST_OUTPUT
     for f in ("tokens", "row", "col", "grid", "role", "target_mask"):
@@ -279,6 +282,19 @@ def test_cell_positions_match_the_order():
     for order in ORDERS:
         rows, cols = cell_positions(7, 3, order)
         np.testing.assert_array_equal(np.stack([rows, cols], axis=1), cell_order(order, 7, 3))
+
+
+@pytest.mark.parametrize("row_end", [False, True])
+def test_max_augmented_length_bounds_every_dihedral_augmentation(row_end):
+    rng = np.random.default_rng(2)
+    context = [Pair(_grid(rng, 2, 9), _grid(rng, 9, 2)), Pair(_grid(rng, 3, 8), _grid(rng, 1, 5))]
+    query = Pair(_grid(rng, 4, 7), _grid(rng, 6, 3))
+    lengths = [
+        len(serialize_example([a.apply_pair(p) for p in context], a.apply_pair(query), row_end=row_end))
+        for a in all_dihedral()
+    ]
+    assert max_augmented_length(context, query, row_end=row_end) == max(lengths)
+    assert (len(set(lengths)) > 1) == row_end  # ROW_ENDs follow the rows, which transposes change
 
 
 def test_grid_token_count():
