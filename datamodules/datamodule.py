@@ -1,0 +1,306 @@
+"""``GridDataModule``: task sources -> examples -> augmented, serialized, bucketed batches.
+
+One example per (task, query pair):
+
+- training: every demonstration pair of a training task is a query once, with the task's
+  *other* demonstrations as context (leave-one-out). Test pairs are never serialized into a
+  training sequence.
+- validation / test: every test pair of the validation tasks, with all demonstrations as
+  context. By default the validation tasks are the training tasks (their held-out test pairs);
+  ``val_source`` names a second source instead (e.g. ``arc1:eval``), and
+  ``train_on_val_demos`` adds that source's demonstrations to training (off by default).
+- predict: the test inputs of ``predict_source`` (default: the validation tasks), prompt only.
+
+An example longer than ``max_seq_len`` loses its longest demonstrations first (at least one
+is kept); only then is it dropped. Both counts are reported.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, Optional
+
+import lightning as L
+import numpy as np
+from lightning.pytorch.utilities import rank_zero_info
+from torch.utils.data import DataLoader, Dataset
+
+from datamodules.augment import IDENTITY, random_augmentation
+from datamodules.batching import BucketBatchSampler, collate
+from datamodules.orders import OrderName
+from datamodules.serialize import example_length, serialize_example
+from datamodules.tasks import Task, load_tasks
+from datamodules.tokens import TARGET_POLICIES, VOCAB_SIZE
+
+
+@dataclass(frozen=True)
+class ExampleSpec:
+    task: int  # index into the dataset's task list
+    split: str  # "train" (a demonstration is the query) or "test"
+    query: int  # index of the query pair in task.train or task.test
+    context: tuple[int, ...]  # indices of the demonstrations used as context
+
+
+def build_specs(
+    tasks: list[Task], split: str, max_seq_len: int, row_end: bool = False, prompt_only: bool = False
+) -> tuple[list[ExampleSpec], list[int], dict]:
+    """Examples of ``split`` for every task, shortened or dropped to fit ``max_seq_len``.
+
+    Returns the specs, their lengths and counts ``{"examples", "shortened", "dropped"}``."""
+    specs, lengths = [], []
+    stats = {"examples": 0, "shortened": 0, "dropped": 0}
+    for ti, task in enumerate(tasks):
+        queries = range(len(task.train)) if split == "train" else range(len(task.test))
+        for q in queries:
+            context = [j for j in range(len(task.train)) if not (split == "train" and j == q)]
+            if not context:
+                continue  # a task with one demonstration has no leave-one-out training example
+            query = task.train[q] if split == "train" else task.test[q]
+            if prompt_only or query.output is None:
+                # unknown output: budget for an output as large as the input
+                query = type(query)(query.input, query.input)
+            sizes = {j: example_length([task.train[j]], task.train[j], row_end) for j in context}
+            length = example_length([task.train[j] for j in context], query, row_end)
+            shortened = False
+            while length > max_seq_len and len(context) > 1:
+                longest = max(context, key=lambda j: (sizes[j], j))
+                context.remove(longest)
+                length = example_length([task.train[j] for j in context], query, row_end)
+                shortened = True
+            if length > max_seq_len:
+                stats["dropped"] += 1
+                continue
+            stats["shortened"] += shortened
+            stats["examples"] += 1
+            specs.append(ExampleSpec(ti, split, q, tuple(context)))
+            lengths.append(length)
+    return specs, lengths, stats
+
+
+class GridDataset(Dataset):
+    """Serializes examples on the fly; keys are ``(index, epoch)`` so that augmentations are a
+    pure function of ``(seed, epoch, index)`` (reproducible, resumable, worker-safe)."""
+
+    def __init__(
+        self,
+        tasks: list[Task],
+        specs: list[ExampleSpec],
+        lengths: list[int],
+        order: str,
+        target_policy: str,
+        row_end: bool = False,
+        augment: bool = False,
+        augment_colours: bool = True,
+        keep_zero: bool = True,
+        seed: int = 0,
+        prompt_only: bool = False,
+    ) -> None:
+        self.tasks, self.specs, self.lengths = tasks, specs, lengths
+        self.order, self.target_policy, self.row_end = order, target_policy, row_end
+        self.augment, self.augment_colours, self.keep_zero = augment, augment_colours, keep_zero
+        self.seed, self.prompt_only = seed, prompt_only
+
+    def __len__(self) -> int:
+        return len(self.specs)
+
+    def __getitem__(self, key):
+        index, epoch = key if isinstance(key, tuple) else (key, 0)
+        spec = self.specs[index]
+        task = self.tasks[spec.task]
+        aug = IDENTITY
+        if self.augment:
+            rng = np.random.default_rng([self.seed, epoch, index])
+            aug = random_augmentation(rng, dihedral=True, colours=self.augment_colours, keep_zero=self.keep_zero)
+        pairs = task.train if spec.split == "train" else task.test
+        context = [aug.apply_pair(task.train[j]) for j in spec.context]
+        query = aug.apply_pair(pairs[spec.query])
+        meta = {
+            "index": index,
+            "task_id": task.task_id,
+            "split": spec.split,
+            "query": spec.query,
+            "n_context": len(context),
+            "augmentation": (aug.dihedral, aug.colour_perm),  # plain data: batches are walked by Lightning
+            "query_input": query.input,
+            "target": query.output,
+        }
+        return serialize_example(
+            context,
+            query,
+            order=self.order,
+            target_policy=self.target_policy,
+            row_end=self.row_end,
+            meta=meta,
+            prompt_only=self.prompt_only or query.output is None,
+        )
+
+
+class GridDataModule(L.LightningDataModule):
+    """Serialized ARC-style grid tasks for the base model and the refiner (one DataModule)."""
+
+    def __init__(
+        self,
+        source: str = "arc1",
+        val_source: Optional[str] = None,
+        predict_source: Optional[str] = None,
+        order: OrderName = "row_major",
+        max_seq_len: int = 2048,
+        batch_size: int = 8,
+        seed: int = 0,
+        augment: bool = True,
+        augment_colours: bool = True,
+        keep_zero: bool = True,
+        target_policy: Literal["test_output", "all_outputs", "all"] = "all_outputs",
+        row_end: bool = False,
+        train_on_val_demos: bool = False,
+        on_invalid: Literal["raise", "skip"] = "raise",
+        max_tasks: Optional[int] = None,
+        max_val_examples: Optional[int] = None,
+        n_synthetic: int = 64,
+        synthetic_max_side: int = 10,
+        bucket_factor: int = 64,
+        num_workers: int = 0,
+    ) -> None:
+        """
+        Args:
+            source: training tasks: ``arc1``, ``arc1:eval``, ``arc2``, ``arc2:eval``, ``synthetic``,
+                ``synthetic:<family>,...`` or a path to ARC-format JSON files (searched recursively).
+            val_source: validation tasks; ``None`` validates on the test pairs of the training tasks.
+            predict_source: tasks whose test inputs ``gridlm predict`` solves; ``None``: the validation tasks.
+            order: serialization order of the cells of each grid.
+            max_seq_len: longest sequence; longer examples lose demonstrations, then are dropped.
+            batch_size: examples per micro-batch (per device).
+            seed: shuffling and augmentation seed.
+            augment: random dihedral transform and colour permutation per training example and epoch.
+            augment_colours: permute colours when augmenting.
+            keep_zero: keep colour 0 (background) fixed when permuting colours.
+            target_policy: which tokens are next-token targets (see ``datamodules.tokens``).
+            row_end: emit a ROW_END token after each row (row-wise orders only).
+            train_on_val_demos: also train on the validation tasks' demonstrations (as TRM/HRM do).
+            on_invalid: ``raise`` on the first bad task, or ``skip`` bad tasks with a warning each.
+            max_tasks: use only the first N tasks of each source (quick runs).
+            max_val_examples: validate on at most N examples (the first ones, deterministic).
+            n_synthetic: number of tasks a ``synthetic`` source generates.
+            synthetic_max_side: largest grid side of synthetic tasks.
+            bucket_factor: mega-batch size in batches for length bucketing (1 = no bucketing).
+            num_workers: DataLoader worker processes.
+        """
+        super().__init__()
+        if target_policy not in TARGET_POLICIES:
+            raise ValueError(f"data.target_policy: {target_policy!r} is not one of {TARGET_POLICIES}")
+        if max_seq_len < 16:
+            raise ValueError(f"data.max_seq_len must be >= 16, got {max_seq_len}")
+        if batch_size < 1:
+            raise ValueError(f"data.batch_size must be >= 1, got {batch_size}")
+        self.save_hyperparameters()
+        self.source, self.val_source, self.predict_source = source, val_source, predict_source
+        self.order, self.max_seq_len, self.batch_size, self.seed = order, max_seq_len, batch_size, seed
+        self.row_end, self.target_policy = row_end, target_policy
+        self._tasks: dict[str, list[Task]] = {}
+        self.datasets: dict[str, GridDataset] = {}
+        self.stats: dict[str, dict] = {}
+
+    @property
+    def vocab_size(self) -> int:
+        return VOCAB_SIZE
+
+    def load(self, source: str) -> list[Task]:
+        if source not in self._tasks:
+            hp = self.hparams
+            tasks = load_tasks(
+                source,
+                on_invalid=hp.on_invalid,
+                seed=hp.seed,
+                n_synthetic=hp.n_synthetic,
+                synthetic_max_side=hp.synthetic_max_side,
+            )
+            self._tasks[source] = tasks[: hp.max_tasks] if hp.max_tasks else tasks
+        return self._tasks[source]
+
+    def _dataset(self, name: str, tasks: list[Task], split: str, augment: bool, prompt_only: bool = False) -> GridDataset:
+        specs, lengths, stats = build_specs(tasks, split, self.max_seq_len, self.row_end, prompt_only)
+        limit = self.hparams.max_val_examples if name in ("val", "test") else None
+        if limit is not None:
+            specs, lengths = specs[:limit], lengths[:limit]
+            stats["examples"] = len(specs)
+        self.stats[name] = stats
+        rank_zero_info(
+            f"gridlm data: {name}: {stats['examples']} examples ({stats['shortened']} shortened, "
+            f"{stats['dropped']} dropped as longer than max_seq_len={self.max_seq_len})"
+        )
+        if not specs:
+            raise ValueError(
+                f"data: the {name} set is empty (source {self._source_of(name)!r}, "
+                f"max_seq_len={self.max_seq_len}); raise data.max_seq_len or choose another source"
+            )
+        hp = self.hparams
+        return GridDataset(
+            tasks,
+            specs,
+            lengths,
+            self.order,
+            self.target_policy,
+            self.row_end,
+            augment=augment,
+            augment_colours=hp.augment_colours,
+            keep_zero=hp.keep_zero,
+            seed=self.seed,
+            prompt_only=prompt_only,
+        )
+
+    def _source_of(self, name: str) -> str:
+        if name == "train":
+            return self.source
+        if name == "predict":
+            return self.predict_source or self.val_source or self.source
+        return self.val_source or self.source
+
+    def setup(self, stage: str | None = None) -> None:
+        if stage in ("fit", None) and "train" not in self.datasets:
+            train_tasks = list(self.load(self.source))
+            if self.hparams.train_on_val_demos and self.val_source:
+                train_tasks += self.load(self.val_source)
+            self.datasets["train"] = self._dataset("train", train_tasks, "train", augment=self.hparams.augment)
+        if stage in ("fit", "validate", None) and "val" not in self.datasets:
+            self.datasets["val"] = self._dataset("val", self.load(self._source_of("val")), "test", augment=False)
+        if stage in ("test", None) and "test" not in self.datasets:
+            self.datasets["test"] = self._dataset("test", self.load(self._source_of("test")), "test", augment=False)
+        if stage in ("predict", None) and "predict" not in self.datasets:
+            tasks = self.load(self._source_of("predict"))
+            self.datasets["predict"] = self._dataset("predict", tasks, "test", augment=False, prompt_only=True)
+
+    def _loader(self, name: str, shuffle: bool) -> DataLoader:
+        ds = self.datasets[name]
+        trainer = getattr(self, "trainer", None)
+        replicas = trainer.world_size if trainer is not None else 1
+        rank = trainer.global_rank if trainer is not None else 0
+        sampler = BucketBatchSampler(
+            ds.lengths,
+            self.batch_size,
+            shuffle=shuffle,
+            seed=self.seed,
+            bucket_factor=self.hparams.bucket_factor,
+            num_replicas=replicas,
+            rank=rank,
+        )
+        return DataLoader(
+            ds,
+            batch_sampler=sampler,
+            collate_fn=collate,
+            num_workers=self.hparams.num_workers,
+            persistent_workers=self.hparams.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        # a plain sequential loader: Lightning re-instantiates batch samplers when predicting
+        ds = self.datasets["predict"]
+        return DataLoader(ds, batch_size=self.batch_size, shuffle=False, collate_fn=collate, num_workers=self.hparams.num_workers)

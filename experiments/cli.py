@@ -1,0 +1,159 @@
+"""``gridlm``: the command line.
+
+``gridlm fit | validate | test | predict --config <yaml> [--model.* --data.* --trainer.* ...]``
+is a LightningCLI over ``GridDataModule`` and a LightningModule (``AutoregressiveGridModel`` by
+default; the refiner via ``model.class_path``). ``gridlm score`` and ``gridlm show`` are
+plain tools (``experiments/score.py``, ``experiments/show.py``).
+
+User errors (a bad task file, a bad option value, a missing checkpoint) end with one line
+``gridlm: error: ...`` and exit code 2; set ``GRIDLM_DEBUG=1`` for the traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+import lightning as L
+import yaml
+from lightning.pytorch.callbacks import BasePredictionWriter
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.loggers import CSVLogger
+
+from callbacks.schedule_free import ScheduleFreeMode
+from callbacks.wandb_tracking import GridWandbLogger, WandbMode
+from datamodules.datamodule import GridDataModule
+
+DEFAULT_MODEL = "modules.base_model.AutoregressiveGridModel"
+DEFAULT_OPTIMIZER = {
+    "class_path": "schedulefree.AdamWScheduleFree",
+    "init_args": {"lr": 3e-3, "warmup_steps": 50, "weight_decay": 0.0},
+}
+
+
+class SubmissionWriter(BasePredictionWriter):
+    """Writes ``gridlm predict`` results as an ARC submission:
+    ``{task_id: [{"attempt_1": grid, "attempt_2": grid}, ...]}`` (one entry per test input)."""
+
+    def __init__(self, out: Optional[str] = None) -> None:
+        super().__init__(write_interval="epoch")
+        self.out = out
+
+    def write_on_epoch_end(self, trainer, pl_module, predictions, batch_indices) -> None:
+        if not self.out:
+            return
+        rows = [r for batch in predictions for r in batch]
+        if trainer.world_size > 1:  # gather every rank's rows to rank 0
+            gathered = [None] * trainer.world_size
+            import torch.distributed as dist
+
+            dist.all_gather_object(gathered, rows)
+            rows = [r for part in gathered for r in part]
+        if not trainer.is_global_zero:
+            return
+        write_submission(rows, self.out)
+
+
+def write_submission(rows: list[dict], out: str) -> dict:
+    """Rows ``{task_id, test_index, attempts: [grid|None, ...]}`` -> submission JSON at ``out``.
+    A missing attempt is written as ``[[0]]`` (counts as wrong, keeps the file valid)."""
+    sub: dict[str, dict[int, dict]] = {}
+    for r in rows:
+        attempts = [a for a in r["attempts"] if a is not None] or [[[0]]]
+        attempts = (attempts + attempts)[:2]
+        sub.setdefault(r["task_id"], {})[r["test_index"]] = {"attempt_1": attempts[0], "attempt_2": attempts[1]}
+    result = {tid: [tests[i] for i in sorted(tests)] for tid, tests in sorted(sub.items())}
+    path = Path(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(result))
+    tmp.replace(path)
+    print(f"gridlm predict: wrote {sum(len(v) for v in result.values())} test outputs of {len(result)} tasks to {path}")
+    return result
+
+
+class GridLightningCLI(LightningCLI):
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.link_arguments("data.vocab_size", "model.init_args.vocab_size", apply_on="instantiate")
+        parser.link_arguments("data.max_seq_len", "model.init_args.max_seq_len")
+        parser.link_arguments("data.order", "model.init_args.order")
+        parser.link_arguments("data.row_end", "model.init_args.row_end")
+        parser.set_defaults({"model": {"class_path": DEFAULT_MODEL, "init_args": {"optimizer": DEFAULT_OPTIMIZER}}})
+        parser.add_argument("--run_name", type=Optional[str], default=None, help="Run name (log folder and wandb run name).")
+        parser.add_argument("--wandb_mode", type=WandbMode, default="auto", help="auto: online with an API key and network, else offline.")
+        parser.add_argument("--wandb_project", type=str, default="gridlm", help="wandb project.")
+        parser.add_lightning_class_args(SubmissionWriter, "submission")
+
+    def instantiate_trainer(self, **kwargs: Any) -> L.Trainer:
+        cfg = self.config[self.subcommand] if self.subcommand else self.config
+        trainer_cfg = self._get(self.config_init, "trainer", default={})
+        if trainer_cfg.get("logger") in (None, True):
+            # default loggers: CSV always, wandb offline unless a key and network are there
+            root = trainer_cfg.get("default_root_dir") or "runs"
+            name = cfg.get("run_name") or "gridlm"
+            csv = CSVLogger(save_dir=root, name=name)
+            loggers = [csv]
+            if cfg.get("wandb_mode", "auto") != "disabled":
+                loggers.append(
+                    GridWandbLogger(
+                        project=cfg.get("wandb_project", "gridlm"),
+                        mode=cfg.get("wandb_mode", "auto"),
+                        save_dir=csv.log_dir,
+                        name=f"{name}/version_{csv.version}",
+                    )
+                )
+            kwargs["logger"] = loggers
+        return super().instantiate_trainer(**kwargs)
+
+    def _resolved_config(self) -> dict:
+        cfg = self.config[self.subcommand] if self.subcommand else self.config
+        return yaml.safe_load(self._parser(self.subcommand).dump(cfg, skip_none=False, skip_check=True))
+
+    def before_fit(self) -> None:
+        self.model.resolved_config = self._resolved_config()
+
+
+def _argv_aliases(argv: list[str]) -> list[str]:
+    """``gridlm predict --out X`` is short for ``--submission.out X``."""
+    if argv and argv[0] == "predict":
+        argv = ["--submission.out" if a == "--out" else a.replace("--out=", "--submission.out=", 1) if a.startswith("--out=") else a for a in argv]
+    return argv
+
+
+def cli_main(args: Optional[list[str]] = None, run: bool = True, **kwargs: Any) -> GridLightningCLI:
+    """Build (and by default run) the CLI; ``args`` like ``["fit", "--config", ...]``."""
+    args = _argv_aliases(list(sys.argv[1:] if args is None else args))
+    return GridLightningCLI(
+        model_class=L.LightningModule,
+        datamodule_class=GridDataModule,
+        subclass_mode_model=True,
+        trainer_defaults={"callbacks": [ScheduleFreeMode()], "use_distributed_sampler": False},
+        save_config_kwargs={"overwrite": True},
+        args=args,
+        run=run,
+        **kwargs,
+    )
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in ("score", "show"):
+        from experiments import score, show
+
+        return (score if argv[0] == "score" else show).main(argv[1:])
+    try:
+        cli_main(argv)
+    except (ValueError, FileNotFoundError) as err:
+        if os.environ.get("GRIDLM_DEBUG"):
+            raise
+        msg = " ".join(str(err).split())  # one line
+        print(f"gridlm: error: {msg}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,207 @@
+"""``AutoregressiveGridModel``: next-token training on serialized grid tasks, greedy decoding.
+
+Training minimises cross-entropy on the supervised positions (``target_mask``, see
+``datamodules.tokens``). Validation logs ``val/loss`` (nats per supervised token),
+``val/cell_acc`` (teacher-forced accuracy on the test-output cells) and ``val/exact_match``
+(free-running greedy decoding of the test output, constrained to the grid grammar, for the
+first ``n_generate`` validation examples).
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Iterable, Optional, Sequence, Union
+
+import lightning as L
+import schedulefree
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchmetrics import MeanMetric
+
+from datamodules.augment import Augmentation
+from datamodules.orders import OrderName
+from datamodules.tokens import ROLE_TEST_OUTPUT, VOCAB_SIZE
+from modules.decoding import Decoded, generate_grids
+from modules.encodings import Positions
+from modules.encodings.registry import EncodingName
+from modules.provenance import run_metadata
+from modules.transformer import Transformer, TransformerConfig
+
+OptimizerFactory = Callable[[Iterable], torch.optim.Optimizer]
+
+
+def default_optimizer(params: Iterable) -> torch.optim.Optimizer:
+    """AdamWScheduleFree (Defazio et al. 2024) with a short warmup: no learning-rate schedule to tune."""
+    return schedulefree.AdamWScheduleFree(params, lr=3e-3, warmup_steps=50, weight_decay=0.0)
+
+
+def positions_of(batch: dict) -> Positions:
+    return Positions(batch["pos"], batch["row"], batch["col"], batch["grid"])
+
+
+def param_groups(module: nn.Module, weight_decay: float | None = None) -> list[dict]:
+    """Weight decay on matrices of Linear layers only (not on embeddings, norms, biases).
+    ``named_parameters`` yields a tied parameter once, so the optimizer sees it once."""
+    decay, no_decay = [], []
+    linear_weights = {id(m.weight) for m in module.modules() if isinstance(m, nn.Linear)}
+    embed_weights = {id(m.weight) for m in module.modules() if isinstance(m, nn.Embedding)}
+    for _, p in module.named_parameters():
+        if not p.requires_grad:
+            continue
+        (decay if id(p) in linear_weights and id(p) not in embed_weights else no_decay).append(p)
+    groups = [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if weight_decay is not None:
+        groups[0]["weight_decay"] = weight_decay
+    return [g for g in groups if g["params"]]
+
+
+class AutoregressiveGridModel(L.LightningModule):
+    def __init__(
+        self,
+        vocab_size: int = VOCAB_SIZE,
+        max_seq_len: int = 2048,
+        d_model: int = 128,
+        n_layers: int = 4,
+        n_heads: int = 4,
+        mlp_ratio: int = 4,
+        dropout: float = 0.0,
+        encoding: Union[EncodingName, Sequence[EncodingName]] = "rope_1d",
+        tie_embeddings: bool = True,
+        order: OrderName = "row_major",
+        row_end: bool = False,
+        n_generate: int = 16,
+        optimizer: Optional[OptimizerFactory] = None,
+    ) -> None:
+        """
+        Args:
+            vocab_size: linked from ``data.vocab_size``.
+            max_seq_len: linked from ``data.max_seq_len``; sizes the position tables.
+            d_model: residual width.
+            n_layers: transformer blocks.
+            n_heads: attention heads.
+            mlp_ratio: MLP hidden width as a multiple of ``d_model``.
+            dropout: dropout probability.
+            encoding: positional encoding name, or a list of names to combine.
+            tie_embeddings: share the token embedding and the output head.
+            order: serialization order (linked from ``data.order``), used when decoding.
+            row_end: ROW_END tokens (linked from ``data.row_end``), used when decoding.
+            n_generate: validation examples decoded per validation for ``val/exact_match`` (0: none).
+            optimizer: optimizer factory; default ``schedulefree.AdamWScheduleFree``.
+        """
+        super().__init__()
+        self.save_hyperparameters(ignore=["optimizer"])
+        if isinstance(encoding, (list, tuple)):
+            encoding = list(encoding)
+        self.cfg = TransformerConfig(
+            vocab_size=vocab_size,
+            max_seq_len=max_seq_len,
+            d_model=d_model,
+            n_layers=n_layers,
+            n_heads=n_heads,
+            mlp_ratio=mlp_ratio,
+            dropout=dropout,
+            encoding=encoding,
+            tie_embeddings=tie_embeddings,
+        )
+        if n_generate < 0:
+            raise ValueError(f"model.n_generate must be >= 0, got {n_generate}")
+        self.model = Transformer(self.cfg)
+        self.optimizer_factory = optimizer or default_optimizer
+        self.order, self.row_end, self.n_generate = order, row_end, n_generate
+        self.train_loss = MeanMetric()
+        self.stage_metrics = nn.ModuleDict(
+            {
+                stage: nn.ModuleDict({"loss": MeanMetric(), "cell_acc": MeanMetric(), "exact_match": MeanMetric()})
+                for stage in ("val", "test")
+            }
+        )
+        self.last_predictions: list[dict] = []
+
+    # ---------------------------------------------------------------- losses
+    def token_losses(self, batch: dict) -> tuple[Tensor, Tensor, Tensor]:
+        """Per-target losses ``(N,)``, their roles ``(N,)``, and logits ``(B, T-1, V)`` at every
+        position (logits[:, t] predicts token t+1)."""
+        logits = self.model(batch["tokens"], positions_of(batch))  # (B, T, V)
+        logits = logits[:, :-1]
+        mask = batch["target_mask"][:, 1:]  # (B, T-1)
+        targets = batch["tokens"][:, 1:][mask]  # (N,)
+        losses = F.cross_entropy(logits[mask].float(), targets, reduction="none")  # (N,)
+        return losses, batch["role"][:, 1:][mask], logits
+
+    def training_step(self, batch: dict, batch_idx: int) -> Tensor:
+        losses, roles, _ = self.token_losses(batch)
+        loss = losses.mean()
+        B, T = batch["tokens"].shape
+        self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=B)
+        self.train_loss(loss.detach(), losses.numel())
+        self.log("train/loss_epoch", self.train_loss, on_step=False, on_epoch=True, batch_size=B)
+        pad = 1.0 - batch["lengths"].sum() / (B * T)
+        self.log("train/pad_fraction", pad.float(), on_step=True, on_epoch=False, batch_size=B)
+        self._last_losses = (losses.detach(), roles)  # read by the LossLogging callback
+        return loss
+
+    def _eval_step(self, batch: dict, stage: str) -> None:
+        m = self.stage_metrics[stage]
+        losses, _, logits = self.token_losses(batch)
+        B = batch["tokens"].shape[0]
+        m["loss"].update(losses.mean(), losses.numel())
+        cells = (batch["role"][:, 1:] == ROLE_TEST_OUTPUT) & (batch["row"][:, 1:] >= 0)  # (B, T-1)
+        correct = (logits.argmax(-1) == batch["tokens"][:, 1:])[cells].float()
+        if correct.numel():
+            m["cell_acc"].update(correct)
+        self.log(f"{stage}/loss", m["loss"], on_epoch=True, prog_bar=True, batch_size=B)
+        self.log(f"{stage}/cell_acc", m["cell_acc"], on_epoch=True, prog_bar=True, batch_size=B)
+        chosen = [i for i, meta in enumerate(batch["meta"]) if meta["index"] < self.n_generate]
+        if chosen:
+            decoded = self.decode_batch(batch, chosen)
+            hits = [float(d.grid is not None and _same(d.grid, batch["meta"][i]["target"])) for i, d in zip(chosen, decoded)]
+            m["exact_match"].update(torch.tensor(hits, device=self.device))
+        if self.n_generate > 0:
+            self.log(f"{stage}/exact_match", m["exact_match"], on_epoch=True, prog_bar=True, batch_size=B)
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self._eval_step(batch, "val")
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        self._eval_step(batch, "test")
+
+    # ---------------------------------------------------------------- decoding
+    def decode_batch(self, batch: dict, rows: Sequence[int] | None = None, use_cache: bool = True) -> list[Decoded]:
+        """Greedy-decode the query output of the chosen rows of a batch. Full sequences are cut
+        after the query's OUTPUT marker; prompts of equal length are decoded together."""
+        rows = list(range(batch["tokens"].shape[0])) if rows is None else list(rows)
+        is_out = batch["role"] == ROLE_TEST_OUTPUT  # (B, T)
+        # prompt length: up to and including the OUTPUT marker (the first test-output token)
+        first = torch.where(is_out.any(1), is_out.float().argmax(1), batch["lengths"] - 1).tolist()
+        groups: dict[int, list[int]] = {}
+        for r in rows:
+            groups.setdefault(first[r] + 1, []).append(r)
+        results: dict[int, Decoded] = {}
+        for plen, members in groups.items():
+            idx = torch.tensor(members, device=batch["tokens"].device)
+            pos = Positions(*(t[idx, :plen] for t in positions_of(batch)))
+            out = generate_grids(self.model, batch["tokens"][idx, :plen], pos, self.order, self.row_end, use_cache)
+            results.update(zip(members, out))
+        return [results[r] for r in rows]
+
+    def predict_step(self, batch: dict, batch_idx: int) -> list[dict]:
+        decoded = self.decode_batch(batch)
+        out = []
+        for meta, d in zip(batch["meta"], decoded):
+            grid = None if d.grid is None else Augmentation(*meta["augmentation"]).invert(d.grid).tolist()
+            out.append({"task_id": meta["task_id"], "test_index": meta["query"], "attempts": [grid], "reason": d.reason})
+        return out
+
+    # ---------------------------------------------------------------- optim / checkpoints
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return self.optimizer_factory(param_groups(self.model))
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["gridlm"] = run_metadata(getattr(self, "resolved_config", None))
+
+
+def _same(a, b) -> bool:
+    if a is None or b is None:
+        return False
+    a, b = torch.as_tensor(a), torch.as_tensor(b)
+    return a.shape == b.shape and bool((a == b).all())

@@ -1,0 +1,159 @@
+"""The real `gridlm` command line on tiny models: fit, validate, predict, errors."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from experiments.cli import cli_main, main
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+def tiny_flags(tmp_path: Path, source: str = "synthetic", steps: int = 4, **extra: str) -> list[str]:
+    flags = {
+        "--config": str(CONFIGS / "quickstart.yaml"),
+        "--run_name": "t",
+        "--wandb_mode": "disabled",
+        "--trainer.default_root_dir": str(tmp_path / "runs"),
+        "--trainer.max_steps": str(steps),
+        "--trainer.max_time": "null",
+        "--trainer.val_check_interval": str(steps),
+        "--trainer.limit_val_batches": "2",
+        "--trainer.num_sanity_val_steps": "0",
+        "--trainer.enable_progress_bar": "false",
+        "--trainer.enable_model_summary": "false",
+        "--trainer.log_every_n_steps": "1",
+        "--model.d_model": "16",
+        "--model.n_layers": "1",
+        "--model.n_heads": "2",
+        "--model.n_generate": "2",
+        "--data.source": source,
+        "--data.max_seq_len": "512",
+        "--data.batch_size": "4",
+        "--data.max_val_examples": "8",
+        "--data.n_synthetic": "12",
+        "--data.synthetic_max_side": "5",
+    }
+    flags.update(extra)
+    return [x for kv in flags.items() for x in kv]
+
+
+def read_metrics(log_dir: str) -> dict[str, list[float]]:
+    out: dict[str, list[float]] = {}
+    with open(Path(log_dir) / "metrics.csv") as f:
+        for row in csv.DictReader(f):
+            for k, v in row.items():
+                if v not in ("", None):
+                    out.setdefault(k, []).append(float(v))
+    return out
+
+
+@pytest.fixture(scope="module")
+def fitted(tmp_path_factory):
+    """One tiny fit on synthetic data shared by the tests below."""
+    tmp = tmp_path_factory.mktemp("fit")
+    cli = cli_main(["fit", *tiny_flags(tmp, steps=6)])
+    return cli, tmp
+
+
+def test_fit_logs_metrics_config_and_checkpoint(fitted):
+    cli, _ = fitted
+    log_dir = cli.trainer.log_dir
+    metrics = read_metrics(log_dir)
+    for key in ("train/loss", "train/pad_fraction", "val/loss", "val/cell_acc", "val/exact_match"):
+        assert key in metrics, f"{key} missing from metrics.csv: {sorted(metrics)}"
+    assert all(0.0 <= v <= 1.0 for v in metrics["val/cell_acc"] + metrics["val/exact_match"])
+    assert (Path(log_dir) / "config.yaml").exists()
+    ckpt = torch.load(cli.trainer.checkpoint_callback.last_model_path, weights_only=True)
+    meta = ckpt["gridlm"]
+    assert meta["config"]["model"]["init_args"]["d_model"] == 16
+    assert meta["versions"]["torch"] == torch.__version__.split("+")[0] or meta["versions"]["torch"].startswith(torch.__version__[:4])
+    assert meta["git_commit"]
+
+
+def test_validate_from_checkpoint_reproduces_end_of_fit_metrics(fitted, tmp_path):
+    cli, tmp = fitted
+    fit_metrics = {k: float(v) for k, v in cli.trainer.callback_metrics.items() if k.startswith("val/")}
+    ckpt = cli.trainer.checkpoint_callback.last_model_path
+    val = cli_main(["validate", *tiny_flags(tmp_path), "--ckpt_path", ckpt])
+    val_metrics = {k: float(v) for k, v in val.trainer.callback_metrics.items() if k.startswith("val/")}
+    assert set(fit_metrics) == {"val/loss", "val/cell_acc", "val/exact_match"}
+    for k, v in fit_metrics.items():
+        assert val_metrics[k] == pytest.approx(v, abs=1e-5), k
+
+
+def test_schedule_free_checkpoint_holds_averaged_weights(fitted, tmp_path):
+    cli, _ = fitted
+    trainer, module = cli.trainer, cli.model
+    opt = trainer.optimizers[0]
+    opt.train()  # as in the middle of training: parameters are y
+    y = {k: v.clone() for k, v in module.state_dict().items()}
+    path = tmp_path / "mid.ckpt"
+    trainer.save_checkpoint(path)
+    assert opt.param_groups[0]["train_mode"], "saving must leave training mode as it was"
+    opt.eval()  # parameters are now x, the schedule-free average
+    x = module.state_dict()
+    saved = torch.load(path, weights_only=True)["state_dict"]
+    differs = [k for k in x if not torch.equal(x[k], y[k])]
+    assert differs, "x and y should differ after training"
+    for k in x:
+        torch.testing.assert_close(saved[k], x[k])
+    assert saved["optimizer_states"][0]["param_groups"][0]["train_mode"] is False if "optimizer_states" in saved else True
+
+
+def test_fit_on_real_arc1(tmp_path):
+    cli = cli_main(["fit", *tiny_flags(tmp_path, source="arc1", steps=2, **{"--data.max_tasks": "40"})])
+    metrics = read_metrics(cli.trainer.log_dir)
+    assert "val/loss" in metrics and metrics["train/loss"][0] > 0
+
+
+def test_flat_flags_reach_model_and_data(tmp_path):
+    cli = cli_main(
+        [*tiny_flags(tmp_path), "--model.encoding", "[rope_1d, onehot_2d]", "--data.seed", "3", "--data.order", "row_major"],
+        run=False,
+    )
+    assert cli.model.cfg.d_model == 16 and cli.model.cfg.encoding_names == ["rope_1d", "onehot_2d"]
+    assert cli.datamodule.seed == 3 and cli.datamodule.batch_size == 4
+    assert cli.model.hparams.max_seq_len == 512 and cli.model.hparams.vocab_size == cli.datamodule.vocab_size
+
+
+def test_default_optimizer_is_schedule_free_and_can_be_switched(tmp_path):
+    import schedulefree
+
+    cli = cli_main(tiny_flags(tmp_path), run=False)
+    assert isinstance(cli.model.configure_optimizers(), schedulefree.AdamWScheduleFree)
+    cli = cli_main([*tiny_flags(tmp_path), "--model.optimizer", "torch.optim.AdamW", "--model.optimizer.lr", "0.01"], run=False)
+    opt = cli.model.configure_optimizers()
+    assert type(opt) is torch.optim.AdamW and opt.defaults["lr"] == 0.01
+
+
+def test_predict_writes_an_arc_submission(fitted, tmp_path):
+    cli, _ = fitted
+    out = tmp_path / "sub.json"
+    ckpt = cli.trainer.checkpoint_callback.last_model_path
+    assert main(["predict", *tiny_flags(tmp_path), "--ckpt_path", ckpt, "--out", str(out)]) == 0
+    sub = json.loads(out.read_text())
+    assert len(sub) == 12  # every synthetic task, one test input each
+    for entries in sub.values():
+        for e in entries:
+            assert set(e) == {"attempt_1", "attempt_2"}
+            assert all(isinstance(r, list) and all(0 <= c <= 9 for c in r) for r in e["attempt_1"])
+
+
+def test_broken_task_file_stops_with_one_line(tmp_path, capsys):
+    folder = tmp_path / "tasks"
+    folder.mkdir()
+    good = {"train": [{"input": [[1]], "output": [[2]]}] * 2, "test": [{"input": [[1]], "output": [[2]]}]}
+    (folder / "good.json").write_text(json.dumps(good))
+    bad = {"train": [{"input": [[1, 2], [3]], "output": [[2]]}], "test": [{"input": [[1]]}]}
+    (folder / "bad.json").write_text(json.dumps(bad))
+    code = main(["fit", *tiny_flags(tmp_path, source=str(folder))])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert len(err) >= 1 and "bad.json" in err[-1] and "row 1 has 1 cells, row 0 has 2" in err[-1]
+    assert err[-1].startswith("gridlm: error:")
