@@ -8,8 +8,9 @@ so every 2D positional encoding works with every order.
     snake       rows top to bottom, alternately left-to-right and right-to-left (boustrophedon)
     hilbert     generalized Hilbert curve ("gilbert") for any rectangle, after J. Červený,
                 "Generalized Hilbert space-filling curve for rectangular domains" (gilbert, 2018).
-                It starts at (0, 0), keeps consecutive cells 4-neighbours, and needs a single
-                diagonal step only for some shapes whose sides have different parity.
+                It starts at (0, 0) and keeps consecutive cells 4-neighbours, except for one
+                diagonal step exactly when the longer side is odd and the shorter side even
+                and >= 4 (182 of the 900 ARC shapes), where parity forces it.
 
 ``cell_order`` is the fast, cached path used by the serializer and the decoder;
 ``reference_cell_order`` is a slow, plainly written reference the tests compare it against.

@@ -200,7 +200,8 @@ def serialize_example(
         is_output = marker == OUTPUT
         is_query_output = g == n_grids - 1 and is_output
         if grid is None:  # prompt_only: the query OUTPUT marker alone
-            toks, row, col = np.array([OUTPUT]), np.array([-1]), np.array([-1])
+            toks = np.array([OUTPUT], dtype=np.int64)
+            row = col = np.array([-1], dtype=np.int64)
         else:
             grid = _check_grid(grid, f"grid {g} ({'output' if is_output else 'input'})")
             h, w = grid.shape
@@ -222,8 +223,7 @@ def serialize_example(
         parts["grid"].append(np.full(n, g, dtype=np.int64))
         parts["role"].append(np.full(n, role, dtype=np.int64))
         parts["target_mask"].append(target)
-    arrays = {f: np.concatenate(v) for f, v in parts.items()}
-    arrays["tokens"] = arrays["tokens"].astype(np.int64, copy=False)
+    arrays = {f: np.concatenate(v) for f, v in parts.items()}  # each (L,)
     return TokenSequence(**arrays, meta=dict(meta or {}))
 
 
