@@ -167,29 +167,32 @@ def test_output_contract(name):
 @pytest.mark.parametrize("name", NAMES, ids=NAMES)
 def test_runs_in_transformer_with_kv_cache(name):
     """Every encoding plugs into the transformer; token-by-token decoding equals the full forward."""
-    cfg = TransformerConfig(vocab_size=20, max_seq_len=MAX_LEN, d_model=D_MODEL, n_layers=1, n_heads=N_HEADS, encoding=name)
-    model = Transformer(cfg).eval()
+    sizes = dict(vocab_size=20, max_seq_len=MAX_LEN, d_model=D_MODEL, n_layers=1, n_heads=N_HEADS)
+    model = Transformer(TransformerConfig(**sizes, encoding=name)).eval()
     p = batch(sequence([(2, 3), (2, 2)]))
     T = p.pos.shape[1]
     x = torch.randint(0, 20, (1, T))
     full = model(x, p)
     cache = model.new_cache(1, T)
-    steps = [model(x[:, :5], p.slice(0, 5), cache)] + [model(x[:, t : t + 1], p.slice(t, t + 1), cache) for t in range(5, T)]
+    steps = [model(x[:, :5], p.slice(0, 5), cache)]  # a prompt, then one token at a time
+    steps += [model(x[:, t : t + 1], p.slice(t, t + 1), cache) for t in range(5, T)]
     torch.testing.assert_close(torch.cat(steps, 1), full, atol=1e-5, rtol=1e-4)
 
 
 # ---------------------------------------------------------------- errors
 
 
-@pytest.mark.parametrize("name", ["learned_1d", "sinusoidal_1d", "rope_1d"], ids=["learned_1d", "sinusoidal_1d", "rope_1d"])
+@pytest.mark.parametrize("name", ["learned_1d", "sinusoidal_1d", "rope_1d"])
 def test_position_beyond_table_raises(name):
     m = make(name, max_seq_len=8)
     p = batch(sequence([(2, 2)]))  # 9 tokens: pos 8 is outside a table of 8
     with pytest.raises(ValueError, match=rf"{name}: pos 8 is outside the table of 8 entries; raise model.max_seq_len"):
         m(p)
+    with pytest.raises(ValueError, match=rf"{name}: pos -1 is negative"):  # would wrap around silently
+        m(p.slice(0, 8)._replace(pos=torch.arange(-1, 7)[None]))
 
 
-@pytest.mark.parametrize("name", ["onehot_2d", "sinusoidal_2d", "rope_2d"], ids=["onehot_2d", "sinusoidal_2d", "rope_2d"])
+@pytest.mark.parametrize("name", ["onehot_2d", "sinusoidal_2d", "rope_2d"])
 def test_cell_beyond_30_raises(name):
     p = batch(sequence([(2, 2)], offset=(29, 0)))  # rows 29 and 30
     with pytest.raises(ValueError, match=rf"{name}: row 30 is outside the table of 30 entries"):
@@ -278,7 +281,7 @@ def test_rope_1d_tables_match_formula():
                 assert m.sin_table[pos, d].item() == pytest.approx(math.sin(angle), abs=1e-6)
 
 
-@pytest.mark.parametrize("name", ["rope_1d", "rope_2d"], ids=["rope_1d", "rope_2d"])
+@pytest.mark.parametrize("name", ["rope_1d", "rope_2d"])
 def test_rotated_qk_match_complex_rotation(name):
     m = make(name)
     p = small_batch()
@@ -298,7 +301,8 @@ def test_rope_2d_pairs_depend_only_on_row_or_only_on_col():
     hs = D_MODEL // N_HEADS
     n = hs // 4
     cells = [(r, c) for r in range(0, 30, 7) for c in range(0, 30, 5)]
-    p = Positions(*(torch.tensor([v]) for v in ([0] * len(cells), [r for r, _ in cells], [c for _, c in cells], [0] * len(cells))))
+    row, col = torch.tensor([cells]).unbind(-1)  # (1, T) each
+    p = Positions(torch.zeros_like(row), row, col, torch.zeros_like(row))
     cos, sin = (x[0, 0] for x in m(p))  # (T, hs)
     angle = torch.atan2(sin, cos)  # (T, hs)
     torch.testing.assert_close(angle[:, : hs // 2], angle[:, hs // 2 :])  # dims i and i + hs/2 form one pair
@@ -376,7 +380,7 @@ def test_2d_encoding_of_a_cell_ignores_its_sequence_position(name):
 # ---------------------------------------------------------------- special tokens and alibi
 
 
-@pytest.mark.parametrize("name", ["onehot_2d", "quadtree_2d", "sinusoidal_2d"], ids=["onehot_2d", "quadtree_2d", "sinusoidal_2d"])
+@pytest.mark.parametrize("name", ["onehot_2d", "quadtree_2d", "sinusoidal_2d"])
 def test_2d_additive_special_tokens_get_zero(name):
     m = make(name)
     p = small_batch()
@@ -423,3 +427,27 @@ def test_every_encoding_has_a_config_fragment_and_every_fragment_is_valid():
         assert list(cfg) == ["model"] and list(cfg["model"]) == ["encoding"], stem
         names = parse_encoding_names(cfg["model"]["encoding"])
         assert "+".join(names) == stem, f"{stem}.yaml names {names}"
+
+
+# ---------------------------------------------------------------- against x-transformers (dev dependency)
+
+
+def test_rope_1d_matches_x_transformers_up_to_pair_layout():
+    """x-transformers pairs adjacent dims (2i, 2i+1); gridlm pairs (i, i + hs/2) (rotate-half). The same
+    rotation after reordering the dims: gridlm dim i <- 2i, dim i + hs/2 <- 2i + 1."""
+    xt = pytest.importorskip("x_transformers.x_transformers")
+    hs = D_MODEL // N_HEADS
+    perm = torch.cat((torch.arange(0, hs, 2), torch.arange(1, hs, 2)))
+    p = small_batch()
+    B, T = p.pos.shape
+    q = torch.randn(B, N_HEADS, T, hs)
+    freqs, _ = xt.RotaryEmbedding(hs)(p.pos)  # (B, T, hs), interleaved
+    theirs = xt.apply_rotary_pos_emb(q, freqs)
+    cos, sin = make("rope_1d")(p)
+    torch.testing.assert_close(apply_rotary(q[..., perm], cos, sin), theirs[..., perm], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("n_heads", [1, 2, 3, 4, 6, 8, 12])
+def test_alibi_slopes_match_x_transformers(n_heads):
+    xt = pytest.importorskip("x_transformers.x_transformers")
+    assert alibi_slopes(n_heads) == pytest.approx(xt.AlibiPositionalBias._get_slopes(n_heads))

@@ -58,7 +58,8 @@ def _check_cells(p: Positions, limit: int, encoding: str) -> None:
 
 
 def _check_pos(p: Positions, max_seq_len: int, encoding: str) -> None:
-    check_below(p.pos, max_seq_len, "pos", encoding, "raise model.max_seq_len (data.max_seq_len) or shorten the sequences")
+    fix = "raise model.max_seq_len (data.max_seq_len) or shorten the sequences"
+    check_below(p.pos, max_seq_len, "pos", encoding, fix, low=0)
 
 
 class Learned1D(AdditiveEncoding):

@@ -89,12 +89,15 @@ def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     return (x * cos + rotate_half(x) * sin).to(x.dtype)
 
 
-def check_below(values: Tensor, limit: int, field: str, encoding: str, fix: str) -> None:
+def check_below(values: Tensor, limit: int, field: str, encoding: str, fix: str, low: int | None = None) -> None:
     """Raise a ``ValueError`` naming the encoding, the field and the fix if any of ``values`` is
-    ``>= limit``. Position tables are indexed, never clamped: a silently clamped position would
-    give two tokens the same encoding. One host sync per call (skipped under ``torch.compile``)."""
+    ``>= limit`` (or ``< low`` when given). Position tables are indexed, never clamped: a clamped or
+    wrapped-around index would silently give two tokens the same encoding. One host sync per call
+    (skipped under ``torch.compile``)."""
     if values.numel() == 0 or torch.compiler.is_compiling():
         return
-    top = int(values.max())
+    bottom, top = (int(v) for v in torch.aminmax(values))
     if top >= limit:
         raise ValueError(f"{encoding}: {field} {top} is outside the table of {limit} entries; {fix}")
+    if low is not None and bottom < low:
+        raise ValueError(f"{encoding}: {field} {bottom} is negative; positions count from {low}")

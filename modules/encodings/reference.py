@@ -89,7 +89,8 @@ def onehot_2d(m: PositionalEncoding, p: Positions) -> Tensor:
 
 def quadtree_code(row: int, col: int) -> list[int]:
     """Quadrant at each of 5 levels (coarsest first): 2 * bit_{4-l}(row) + bit_{4-l}(col)."""
-    return [2 * ((row >> (N_LEVELS - 1 - level)) & 1) + ((col >> (N_LEVELS - 1 - level)) & 1) for level in range(N_LEVELS)]
+    bits = [N_LEVELS - 1 - level for level in range(N_LEVELS)]  # 4, 3, 2, 1, 0
+    return [2 * ((row >> b) & 1) + ((col >> b) & 1) for b in bits]
 
 
 def quadtree_2d(m: PositionalEncoding, p: Positions) -> Tensor:
@@ -142,7 +143,8 @@ def rotate(x: Tensor, angles: list[list[float]]) -> Tensor:
         for t in range(T):
             for i, a in enumerate(angles[b * T + t]):
                 for h in range(H):
-                    z = complex(float(x[b, h, t, i]), float(x[b, h, t, i + hs // 2])) * complex(math.cos(a), math.sin(a))
+                    z = complex(float(x[b, h, t, i]), float(x[b, h, t, i + hs // 2]))
+                    z *= complex(math.cos(a), math.sin(a))
                     out[b, h, t, i], out[b, h, t, i + hs // 2] = z.real, z.imag
     return out
 

@@ -48,7 +48,8 @@ class Rope1D(RotaryEncoding):
         self.register_buffer("sin_table", angles.sin().float(), persistent=False)
 
     def forward(self, p: Positions) -> tuple[Tensor, Tensor]:
-        check_below(p.pos, self.max_seq_len, "pos", "rope_1d", "raise model.max_seq_len (data.max_seq_len)")
+        fix = "raise model.max_seq_len (data.max_seq_len) or shorten the sequences"
+        check_below(p.pos, self.max_seq_len, "pos", "rope_1d", fix, low=0)
         return self.cos_table[p.pos].unsqueeze(1), self.sin_table[p.pos].unsqueeze(1)  # (B, 1, T, hs) each
 
 
