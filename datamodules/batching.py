@@ -131,3 +131,20 @@ def pad_fraction(lengths: Sequence[int], batches: Sequence[Sequence[int]]) -> fl
         real += int(ls.sum())
         padded += int(ls.max()) * len(ls)
     return 1.0 - real / padded if padded else 0.0
+
+
+def split_batch(batch: dict, size: int) -> list[dict]:
+    """Cut a collated batch into micro-batches of at most ``size`` rows, each trimmed to its own
+    longest sequence (so micro-batching never adds padding). ``meta`` is split alongside."""
+    B = batch["tokens"].shape[0]
+    if size >= B:
+        return [batch]
+    parts = []
+    for s in range(0, B, size):
+        lengths = batch["lengths"][s : s + size]
+        T = int(lengths.max())
+        part = {k: v[s : s + size, :T] for k, v in batch.items() if k not in ("lengths", "meta")}
+        part["lengths"] = lengths
+        part["meta"] = batch["meta"][s : s + size] if "meta" in batch else []
+        parts.append(part)
+    return parts

@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader, Dataset
 from datamodules.augment import IDENTITY, random_augmentation
 from datamodules.batching import BucketBatchSampler, collate
 from datamodules.orders import OrderName
-from datamodules.serialize import example_length, serialize_example
+from datamodules.serialize import max_augmented_length, serialize_example
 from datamodules.tasks import Task, load_tasks
 from datamodules.tokens import TARGET_POLICIES, VOCAB_SIZE
 
@@ -46,7 +46,9 @@ def build_specs(
 ) -> tuple[list[ExampleSpec], list[int], dict]:
     """Examples of ``split`` for every task, shortened or dropped to fit ``max_seq_len``.
 
-    Returns the specs, their lengths and counts ``{"examples", "shortened", "dropped"}``."""
+    Lengths are the longest under any dihedral augmentation (with ``row_end`` a transpose
+    changes the count of ROW_END tokens). Returns the specs, their lengths and counts
+    ``{"examples", "shortened", "dropped"}``."""
     specs, lengths = [], []
     stats = {"examples": 0, "shortened": 0, "dropped": 0}
     for ti, task in enumerate(tasks):
@@ -59,13 +61,13 @@ def build_specs(
             if prompt_only or query.output is None:
                 # unknown output: budget for an output as large as the input
                 query = type(query)(query.input, query.input)
-            sizes = {j: example_length([task.train[j]], task.train[j], row_end) for j in context}
-            length = example_length([task.train[j] for j in context], query, row_end)
+            sizes = {j: max_augmented_length([task.train[j]], task.train[j], row_end) for j in context}
+            length = max_augmented_length([task.train[j] for j in context], query, row_end)
             shortened = False
             while length > max_seq_len and len(context) > 1:
                 longest = max(context, key=lambda j: (sizes[j], j))
                 context.remove(longest)
-                length = example_length([task.train[j] for j in context], query, row_end)
+                length = max_augmented_length([task.train[j] for j in context], query, row_end)
                 shortened = True
             if length > max_seq_len:
                 stats["dropped"] += 1

@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from torchmetrics import MeanMetric
 
 from datamodules.augment import Augmentation
+from datamodules.batching import split_batch
 from datamodules.orders import OrderName
 from datamodules.tokens import ROLE_TEST_OUTPUT, VOCAB_SIZE
 from modules.decoding import Decoded, generate_grids
@@ -28,6 +29,10 @@ from modules.provenance import run_metadata
 from modules.transformer import Transformer, TransformerConfig
 
 OptimizerFactory = Callable[[Iterable], torch.optim.Optimizer]
+
+
+class NonFiniteLossError(RuntimeError):
+    """Raised after ``max_consecutive_nonfinite`` non-finite losses in a row."""
 
 
 def default_optimizer(params: Iterable) -> torch.optim.Optimizer:
@@ -70,6 +75,10 @@ class AutoregressiveGridModel(L.LightningModule):
         order: OrderName = "row_major",
         row_end: bool = False,
         n_generate: int = 16,
+        grad_clip: Optional[float] = 1.0,
+        micro_batch_size: Optional[int] = None,
+        skip_nonfinite: bool = True,
+        max_consecutive_nonfinite: int = 10,
         optimizer: Optional[OptimizerFactory] = None,
     ) -> None:
         """
@@ -86,6 +95,11 @@ class AutoregressiveGridModel(L.LightningModule):
             order: serialization order (linked from ``data.order``), used when decoding.
             row_end: ROW_END tokens (linked from ``data.row_end``), used when decoding.
             n_generate: validation examples decoded per validation for ``val/exact_match`` (0: none).
+            grad_clip: clip the gradient norm to this value (None: no clipping).
+            micro_batch_size: rows per forward/backward inside a step (None: the whole batch);
+                set by ``MemoryAwareBatchSize`` and halved on out-of-memory errors.
+            skip_nonfinite: skip (and count) an optimizer step whose loss is NaN/inf.
+            max_consecutive_nonfinite: stop training after this many non-finite steps in a row.
             optimizer: optimizer factory; default ``schedulefree.AdamWScheduleFree``.
         """
         super().__init__()
@@ -105,6 +119,14 @@ class AutoregressiveGridModel(L.LightningModule):
         )
         if n_generate < 0:
             raise ValueError(f"model.n_generate must be >= 0, got {n_generate}")
+        if micro_batch_size is not None and micro_batch_size < 1:
+            raise ValueError(f"model.micro_batch_size must be >= 1 or null, got {micro_batch_size}")
+        if max_consecutive_nonfinite < 1:
+            raise ValueError(f"model.max_consecutive_nonfinite must be >= 1, got {max_consecutive_nonfinite}")
+        self.automatic_optimization = False  # micro-batching, OOM retry and the non-finite guard live in training_step
+        self.grad_clip, self.micro_batch_size = grad_clip, micro_batch_size
+        self.skip_nonfinite, self.max_consecutive_nonfinite = skip_nonfinite, max_consecutive_nonfinite
+        self.skipped_steps = self.consecutive_nonfinite = self.oom_events = 0
         self.model = Transformer(self.cfg)
         self.optimizer_factory = optimizer or default_optimizer
         self.order, self.row_end, self.n_generate = order, row_end, n_generate
@@ -129,16 +151,68 @@ class AutoregressiveGridModel(L.LightningModule):
         return losses, batch["role"][:, 1:][mask], logits
 
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
-        losses, roles, _ = self.token_losses(batch)
-        loss = losses.mean()
+        """One optimizer step over ``batch`` (the effective batch), accumulated over micro-batches
+        of ``micro_batch_size`` rows. An out-of-memory error halves the micro-batch and re-runs
+        the whole step's data, so no example is lost or counted twice."""
+        opt = self.optimizers()
         B, T = batch["tokens"].shape
+        n_targets = batch["target_mask"][:, 1:].sum().clamp_min(1)  # stays on device
+        while True:
+            try:
+                loss, losses, roles = self._forward_backward(batch, n_targets)
+                break
+            except torch.OutOfMemoryError as err:
+                opt.zero_grad(set_to_none=True)
+                if not self.shrink_micro_batch(B):
+                    raise MemoryError(
+                        f"out of memory with a micro-batch of 1 sequence of {T} tokens; lower data.max_seq_len or the model size"
+                    ) from err
+        if self.skip_nonfinite and not bool(torch.isfinite(loss)):  # one host sync per step
+            opt.zero_grad(set_to_none=True)
+            self.skipped_steps += 1
+            self.consecutive_nonfinite += 1
+            self.log("train/skipped_steps", float(self.skipped_steps), on_step=True, batch_size=B)
+            if self.consecutive_nonfinite >= self.max_consecutive_nonfinite:
+                raise NonFiniteLossError(
+                    f"{self.consecutive_nonfinite} consecutive non-finite losses (model.max_consecutive_nonfinite="
+                    f"{self.max_consecutive_nonfinite}); stopping. Lower the learning rate or check the data."
+                )
+            return loss.detach()
+        self.consecutive_nonfinite = 0
+        if self.grad_clip:
+            self.clip_gradients(opt, gradient_clip_val=self.grad_clip, gradient_clip_algorithm="norm")
+        opt.step()
+        opt.zero_grad(set_to_none=True)
         self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=B)
         self.train_loss(loss.detach(), losses.numel())
         self.log("train/loss_epoch", self.train_loss, on_step=False, on_epoch=True, batch_size=B)
         pad = 1.0 - batch["lengths"].sum() / (B * T)
         self.log("train/pad_fraction", pad.float(), on_step=True, on_epoch=False, batch_size=B)
-        self._last_losses = (losses.detach(), roles)  # read by the LossLogging callback
-        return loss
+        self._last_losses = (losses, roles)  # read by the LossLogging callback
+        return loss.detach()
+
+    def _forward_backward(self, batch: dict, n_targets: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Forward and backward over the micro-batches; gradients sum to those of the mean loss
+        over every supervised token of the batch. Returns the loss and per-token losses/roles."""
+        size = self.micro_batch_size or batch["tokens"].shape[0]
+        total, all_losses, all_roles = 0.0, [], []
+        for part in split_batch(batch, size):
+            losses, roles, _ = self.token_losses(part)
+            part_loss = losses.sum() / n_targets
+            self.manual_backward(part_loss)
+            total = total + part_loss.detach()
+            all_losses.append(losses.detach())
+            all_roles.append(roles)
+        return torch.as_tensor(total), torch.cat(all_losses), torch.cat(all_roles)
+
+    def shrink_micro_batch(self, batch_rows: int) -> bool:
+        """Halve the micro-batch after an out-of-memory error; False when it is already 1."""
+        current = self.micro_batch_size or batch_rows
+        if current <= 1:
+            return False
+        self.micro_batch_size = max(1, (current + 1) // 2)
+        self.oom_events += 1
+        return True
 
     def _eval_step(self, batch: dict, stage: str) -> None:
         m = self.stage_metrics[stage]
