@@ -107,6 +107,11 @@ def test_parse_encoding_names_rejects(names, message):
         parse_encoding_names(names)
 
 
+def test_parse_encoding_names_rejects_non_strings():
+    with pytest.raises(TypeError, match="expected encoding names"):
+        parse_encoding_names(["rope_1d", {"name": "onehot_2d"}])
+
+
 def test_parse_encoding_names_accepts_a_name_or_a_list():
     assert parse_encoding_names("rope_2d") == ["rope_2d"]
     assert parse_encoding_names(("rope_1d", "onehot_2d", "alibi_2d")) == ["rope_1d", "onehot_2d", "alibi_2d"]

@@ -44,12 +44,15 @@ SLOTS = ("additive", "rotary", "bias")
 
 
 def parse_encoding_names(encoding: Union[str, Sequence[str]]) -> list[str]:
-    """Normalise ``encoding`` (a name or a list of names) and reject unknown or repeated names."""
+    """Normalise ``encoding`` (a name or a list of names) to a list, and reject unknown or repeated
+    names, two rotary encodings (q/k can be rotated only once) and ``none`` combined with others."""
     names = [encoding] if isinstance(encoding, str) else list(encoding)
     if not names:
         raise ValueError(f"model.encoding is empty; choose from {sorted(ENCODINGS)} (use 'none' for no encoding)")
     seen: set[str] = set()
     for name in names:
+        if not isinstance(name, str):
+            raise TypeError(f"model.encoding: expected encoding names (strings), got {name!r} in {names}")
         if name not in ENCODINGS:
             raise ValueError(f"model.encoding: unknown encoding {name!r}; valid names: {', '.join(sorted(ENCODINGS))}")
         if name in seen:
@@ -66,7 +69,8 @@ def parse_encoding_names(encoding: Union[str, Sequence[str]]) -> list[str]:
 
 
 class EncodingStack(nn.Module):
-    """All encodings of a model, grouped by slot. Each slot is a no-op when empty."""
+    """All encodings of a model, grouped by slot. An empty slot returns ``None`` (the transformer
+    then skips it); several additive or bias encodings are summed."""
 
     def __init__(self, encoding: Union[str, Sequence[str]], d_model: int, n_heads: int, max_seq_len: int) -> None:
         super().__init__()
@@ -76,16 +80,22 @@ class EncodingStack(nn.Module):
         self.rotary_encodings = nn.ModuleList([m for m in mods.values() if m.slot == "rotary"])
         self.bias_encodings = nn.ModuleList([m for m in mods.values() if m.slot == "bias"])
 
+    def extra_repr(self) -> str:
+        return f"names={self.names}"
+
     def additive(self, p: Positions) -> Tensor | None:
+        """Sum of the additive encodings, ``(B, T, d_model)`` (or a broadcastable zero for ``none``)."""
         out = None
         for m in self.additive_encodings:
             out = m(p) if out is None else out + m(p)
         return out
 
     def rotary(self, p: Positions) -> tuple[Tensor, Tensor] | None:
+        """``cos, sin`` of the rotary encoding, each ``(B, 1, T, head_dim)``, for :func:`apply_rotary`."""
         return self.rotary_encodings[0](p) if len(self.rotary_encodings) else None
 
     def bias(self, q: Positions, k: Positions) -> Tensor | None:
+        """Sum of the attention biases for query and key positions, ``(B, n_heads, Tq, Tk)``."""
         out = None
         for m in self.bias_encodings:
             out = m(q, k) if out is None else out + m(q, k)
