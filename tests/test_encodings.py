@@ -169,11 +169,14 @@ def test_output_contract(name):
     assert set(m.state_dict()) == {n for n, _ in m.named_parameters()}
 
 
-@pytest.mark.parametrize("name", NAMES, ids=NAMES)
+IN_TRANSFORMER = NAMES + ["rope_1d+onehot_2d", "rope_2d+learned_1d+alibi_2d", "sinusoidal_1d+quadtree_2d+sinusoidal_2d"]
+
+
+@pytest.mark.parametrize("name", IN_TRANSFORMER)
 def test_runs_in_transformer_with_kv_cache(name):
     """Every encoding plugs into the transformer; token-by-token decoding equals the full forward."""
     sizes = dict(vocab_size=20, max_seq_len=MAX_LEN, d_model=D_MODEL, n_layers=1, n_heads=N_HEADS)
-    model = Transformer(TransformerConfig(**sizes, encoding=name)).eval()
+    model = Transformer(TransformerConfig(**sizes, encoding=name.split("+"))).eval()
     p = batch(sequence([(2, 3), (2, 2)]))
     T = p.pos.shape[1]
     x = torch.randint(0, 20, (1, T))
