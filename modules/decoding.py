@@ -124,6 +124,8 @@ def generate_grids(
     cache = model.new_cache(B, min(max_len, P + budget)) if use_cache else None
     logits = model(tokens, positions, cache)[:, -1].float()  # (B, V)
     for step in range(budget):
+        if P + step >= max_len:
+            break  # the next token would not fit; unfinished grids are reported by _finish
         mask = torch.ones(B, VOCAB_SIZE, dtype=torch.bool)
         for b, s in enumerate(states):
             a = s.allowed()
@@ -145,8 +147,6 @@ def generate_grids(
         if all(s.done for s in states):
             break
         pos = P + step
-        if pos >= max_len:
-            break  # the unfinished grids are reported by _finish
         new_pos = Positions(
             torch.full((B, 1), pos, dtype=torch.long, device=device),
             rows[:, None].to(device),

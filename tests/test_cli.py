@@ -157,3 +157,30 @@ def test_broken_task_file_stops_with_one_line(tmp_path, capsys):
     assert code == 2
     assert len(err) >= 1 and "bad.json" in err[-1] and "row 1 has 1 cells, row 0 has 2" in err[-1]
     assert err[-1].startswith("gridlm: error:")
+
+
+def _encoding_names():
+    from modules.encodings import ENCODINGS
+
+    return sorted(ENCODINGS)
+
+
+def _order_names():
+    from datamodules.orders import ORDERS
+
+    return sorted(ORDERS)
+
+
+@pytest.mark.parametrize("encoding", _encoding_names())
+def test_fit_trains_with_every_encoding(encoding, tmp_path):
+    cli = cli_main(["fit", *tiny_flags(tmp_path, steps=2), "--model.encoding", encoding])
+    losses = read_metrics(cli.trainer.log_dir)["train/loss"]
+    assert len(losses) == 2 and all(l == l and l > 0 for l in losses)  # finite, positive
+
+
+@pytest.mark.parametrize("order", _order_names())
+def test_fit_trains_with_every_order(order, tmp_path):
+    cli = cli_main(["fit", *tiny_flags(tmp_path, steps=2), "--data.order", order, "--model.encoding", "[rope_2d, learned_1d]"])
+    assert cli.model.order == order
+    metrics = read_metrics(cli.trainer.log_dir)
+    assert len(metrics["train/loss"]) == 2 and "val/exact_match" in metrics
