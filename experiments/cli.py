@@ -17,7 +17,10 @@ import sys
 from pathlib import Path
 from typing import Any, Optional
 
-import lightning as L
+# Lightning 2.6 calls jsonargparse APIs deprecated since 4.49; the warnings are not actionable here.
+os.environ.setdefault("JSONARGPARSE_DEPRECATION_WARNINGS", "off")
+
+import lightning as L  # noqa: E402
 import yaml
 from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
