@@ -26,6 +26,7 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import CSVLogger
 
+from callbacks.loss_logging import LossLogging
 from callbacks.schedule_free import ScheduleFreeMode
 from callbacks.wandb_tracking import GridWandbLogger, WandbMode
 from datamodules.datamodule import GridDataModule
@@ -133,7 +134,7 @@ def cli_main(args: Optional[list[str]] = None, run: bool = True, **kwargs: Any) 
         model_class=L.LightningModule,
         datamodule_class=GridDataModule,
         subclass_mode_model=True,
-        trainer_defaults={"callbacks": [ScheduleFreeMode()], "use_distributed_sampler": False},
+        trainer_defaults={"callbacks": [ScheduleFreeMode(), LossLogging()], "use_distributed_sampler": False},
         save_config_kwargs={"overwrite": True},
         args=args,
         run=run,
