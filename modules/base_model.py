@@ -29,6 +29,7 @@ from modules.provenance import run_metadata
 from modules.transformer import Transformer, TransformerConfig
 
 OptimizerFactory = Callable[[Iterable], torch.optim.Optimizer]
+SchedulerFactory = Callable[[torch.optim.Optimizer], torch.optim.lr_scheduler.LRScheduler]
 
 
 class NonFiniteLossError(RuntimeError):
@@ -80,6 +81,7 @@ class AutoregressiveGridModel(L.LightningModule):
         skip_nonfinite: bool = True,
         max_consecutive_nonfinite: int = 10,
         optimizer: Optional[OptimizerFactory] = None,
+        lr_scheduler: Optional[SchedulerFactory] = None,
     ) -> None:
         """
         Args:
@@ -101,9 +103,12 @@ class AutoregressiveGridModel(L.LightningModule):
             skip_nonfinite: skip (and count) an optimizer step whose loss is NaN/inf.
             max_consecutive_nonfinite: stop training after this many non-finite steps in a row.
             optimizer: optimizer factory; default ``schedulefree.AdamWScheduleFree``.
+            lr_scheduler: learning-rate scheduler factory (e.g. ``torch.optim.lr_scheduler.OneCycleLR``
+                for warmup + cosine with ``torch.optim.AdamW``), stepped after every optimizer step;
+                None: constant rate (schedule-free optimizers need none).
         """
         super().__init__()
-        self.save_hyperparameters(ignore=["optimizer"])
+        self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
         if isinstance(encoding, (list, tuple)):
             encoding = list(encoding)
         self.cfg = TransformerConfig(
@@ -129,6 +134,7 @@ class AutoregressiveGridModel(L.LightningModule):
         self.skipped_steps = self.consecutive_nonfinite = self.oom_events = 0
         self.model = Transformer(self.cfg)
         self.optimizer_factory = optimizer or default_optimizer
+        self.lr_scheduler_factory = lr_scheduler
         self.order, self.row_end, self.n_generate = order, row_end, n_generate
         self.train_loss = MeanMetric()
         self.stage_metrics = nn.ModuleDict(
@@ -183,6 +189,8 @@ class AutoregressiveGridModel(L.LightningModule):
             self.clip_gradients(opt, gradient_clip_val=self.grad_clip, gradient_clip_algorithm="norm")
         opt.step()
         opt.zero_grad(set_to_none=True)
+        if (sched := self.lr_schedulers()) is not None:  # manual optimization: Lightning does not step it
+            sched.step()
         self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=B)
         self.train_loss(loss.detach(), losses.numel())
         self.log("train/loss_epoch", self.train_loss, on_step=False, on_epoch=True, batch_size=B)
@@ -267,8 +275,11 @@ class AutoregressiveGridModel(L.LightningModule):
         return out
 
     # ---------------------------------------------------------------- optim / checkpoints
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        return self.optimizer_factory(param_groups(self.model))
+    def configure_optimizers(self):
+        opt = self.optimizer_factory(param_groups(self.model))
+        if self.lr_scheduler_factory is None:
+            return opt
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": self.lr_scheduler_factory(opt), "interval": "step"}}
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["gridlm"] = run_metadata(getattr(self, "resolved_config", None))
