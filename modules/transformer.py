@@ -81,7 +81,9 @@ class Attention(nn.Module):
         self.proj = nn.Linear(cfg.d_model, cfg.d_model, bias=cfg.bias)
         self.dropout = cfg.dropout
 
-    def forward(self, x: Tensor, rot, attn_bias: Tensor | None, cache: KVCache | None, layer: int) -> Tensor:
+    def forward(self, x: Tensor, rot, attn_mask: Tensor | None, cache: KVCache | None, layer: int) -> Tensor:
+        """``attn_mask``: the additive mask ``(B|1, nh|1, T, past+T)`` from :meth:`Transformer.attn_mask`
+        (bias, causal and padding already combined, once per forward), or None for the fused causal path."""
         B, T, C = x.shape
         q, k, v = self.qkv(x).split(C, dim=2)
         q = q.view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, nh, T, hs)
@@ -95,18 +97,11 @@ class Attention(nn.Module):
             past = cache.length
             k, v = cache.append(layer, k, v)  # (B, nh, past+T, hs)
         dropout = self.dropout if self.training else 0.0
-        if attn_bias is None and (not self.causal or past == 0 or T == 1):
+        if attn_mask is None:
             # fast paths: full causal mask from the start, one new query (sees every key), or bidirectional
-            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=self.causal and T > 1)
+            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=self.causal and T > 1 and past == 0)
         else:
-            mask = attn_bias
-            if self.causal:
-                causal = torch.ones(T, past + T, dtype=torch.bool, device=x.device).tril(diagonal=past)
-                neg = torch.zeros(T, past + T, dtype=q.dtype, device=x.device).masked_fill(~causal, float("-inf"))
-                mask = neg if mask is None else mask.to(q.dtype) + neg
-            else:
-                mask = mask.to(q.dtype)
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask.to(q.dtype), dropout_p=dropout)
         y = y.transpose(1, 2).reshape(B, T, C)  # (B, T, C)
         return self.proj(y)
 
@@ -181,17 +176,34 @@ class Transformer(nn.Module):
         if rot is not None:
             rot = (rot[0].to(x.dtype), rot[1].to(x.dtype))
         key_pos = positions if cache is None or cache.positions is None else Positions.cat(cache.positions, positions)
-        attn_bias = self.encodings.bias(positions, key_pos)  # (B, nh, T, Tk) or None
-        if key_padding_mask is not None:
-            pad = torch.zeros(key_padding_mask.shape, dtype=x.dtype, device=x.device)
-            pad = pad.masked_fill(~key_padding_mask, float("-inf"))[:, None, None, :]  # (B, 1, 1, Tk)
-            attn_bias = pad if attn_bias is None else attn_bias + pad
+        past = 0 if cache is None else cache.length
+        mask = self.attn_mask(self.encodings.bias(positions, key_pos), key_padding_mask, tokens.size(1), past, x)
         for i, block in enumerate(self.blocks):
-            x = block(x, rot, attn_bias, cache, i)
+            x = block(x, rot, mask, cache, i)
         if cache is not None:
             cache.length += tokens.size(1)
             cache.positions = key_pos
         return self.norm(x)
+
+    def attn_mask(self, bias: Tensor | None, key_padding_mask: Tensor | None, T: int, past: int, x: Tensor) -> Tensor | None:
+        """The additive attention mask shared by every layer, built once per forward: the encodings'
+        bias ``(B, nh, T, past+T)``, ``-inf`` above the causal diagonal and on padded keys, in the
+        dtype attention runs in (the autocast dtype under mixed precision). None when the fused
+        ``is_causal`` (or unmasked) path of ``scaled_dot_product_attention`` applies: no bias, no
+        padding mask, and no causal prompt chunk after cached keys."""
+        causal_chunk = self.cfg.causal and past > 0 and T > 1
+        if bias is None and key_padding_mask is None and not causal_chunk:
+            return None
+        dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
+        Tk = past + T
+        mask = torch.zeros(1, 1, T, Tk, dtype=dtype, device=x.device) if bias is None else bias.to(dtype)
+        if self.cfg.causal and T > 1:
+            above = torch.ones(T, Tk, dtype=torch.bool, device=x.device).triu(diagonal=past + 1)  # (T, Tk)
+            mask = mask.masked_fill(above, float("-inf"))
+        if key_padding_mask is not None:
+            pad = ~key_padding_mask[:, None, None, :]  # (B, 1, 1, Tk)
+            mask = torch.where(pad, torch.tensor(float("-inf"), dtype=dtype, device=x.device), mask)  # (B, nh|1, T, Tk)
+        return mask
 
     def forward(
         self,

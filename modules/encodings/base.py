@@ -92,9 +92,19 @@ def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
 def check_below(values: Tensor, limit: int, field: str, encoding: str, fix: str, low: int | None = None) -> None:
     """Raise a ``ValueError`` naming the encoding, the field and the fix if any of ``values`` is
     ``>= limit`` (or ``< low`` when given). Position tables are indexed, never clamped: a clamped or
-    wrapped-around index would silently give two tokens the same encoding. One host sync per call
-    (skipped under ``torch.compile``)."""
+    wrapped-around index would silently give two tokens the same encoding.
+
+    On CPU, and on an accelerator outside autograd (validation, decoding), the check reads the
+    extremes on the host and raises this message. On an accelerator while autograd records
+    (training), reading them would be a host-device sync per step: there the positions come
+    from the DataModule, valid by construction (``build_specs`` enforces ``max_seq_len``, grids
+    are at most 30x30), and a device-side assert (no sync) still stops a bad index. Skipped
+    under ``torch.compile``."""
     if values.numel() == 0 or torch.compiler.is_compiling():
+        return
+    if values.device.type != "cpu" and torch.is_grad_enabled():
+        ok = values < limit if low is None else (values < limit) & (values >= low)
+        torch._assert_async(ok.all(), f"{encoding}: {field} outside 0..{limit - 1}; {fix}")
         return
     bottom, top = (int(v) for v in torch.aminmax(values))
     if top >= limit:

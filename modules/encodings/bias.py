@@ -50,9 +50,12 @@ class Alibi2D(BiasEncoding):
         q_cell = (q.row >= 0) & (q.col >= 0) & (q.grid >= 0)  # (B, Tq)
         k_cell = (k.row >= 0) & (k.col >= 0) & (k.grid >= 0)  # (B, Tk)
         same = (q.grid[:, :, None] == k.grid[:, None, :]) & q_cell[:, :, None] & k_cell[:, None, :]  # (B, Tq, Tk)
-        dist = (q.row[:, :, None] - k.row[:, None, :]).abs() + (q.col[:, :, None] - k.col[:, None, :]).abs()
-        dist = torch.where(same, dist, 0).to(torch.float32)  # (B, Tq, Tk)
-        return -self.slopes[None, :, None, None] * dist[:, None]  # (B, nh, Tq, Tk)
+        # float32 from the start and in place: one (B, Tq, Tk) buffer instead of five int64 temporaries
+        qr, qc, kr, kc = (t.to(torch.float32) for t in (q.row, q.col, k.row, k.col))
+        dist = (qr[:, :, None] - kr[:, None, :]).abs_()  # (B, Tq, Tk)
+        dist += (qc[:, :, None] - kc[:, None, :]).abs_()
+        dist.masked_fill_(~same, 0.0)
+        return dist[:, None] * (-self.slopes)[None, :, None, None]  # (B, nh, Tq, Tk)
 
 
 __all__ = ["Alibi2D", "alibi_slopes"]
