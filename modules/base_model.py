@@ -4,7 +4,10 @@ Training minimises cross-entropy on the supervised positions (``target_mask``, s
 ``datamodules.tokens``). Validation logs ``val/loss`` (nats per supervised token),
 ``val/cell_acc`` (teacher-forced accuracy on the test-output cells) and ``val/exact_match``
 (free-running greedy decoding of the test output, constrained to the grid grammar, for the
-first ``n_generate`` validation examples).
+first ``n_generate`` validation examples). With ``n_votes > 1`` those examples are also solved
+under augmentation voting (``modules.voting``) and ``val/pass1``/``val/pass2`` are logged;
+``predict`` then writes the top two voted grids, optionally after per-task test-time training
+(``ttt_steps``, ``modules.ttt``).
 """
 
 from __future__ import annotations
@@ -26,6 +29,8 @@ from modules.decoding import Decoded, generate_grids
 from modules.encodings import Positions
 from modules.encodings.registry import EncodingName
 from modules.provenance import run_metadata
+from modules.ttt import TTTConfig, adapted
+from modules.voting import VotingConfig, batch_prompts, vote
 from modules.transformer import Transformer, TransformerConfig
 
 OptimizerFactory = Callable[[Iterable], torch.optim.Optimizer]
@@ -76,6 +81,13 @@ class AutoregressiveGridModel(L.LightningModule):
         order: OrderName = "row_major",
         row_end: bool = False,
         n_generate: int = 16,
+        n_votes: int = 1,
+        vote_colours: bool = True,
+        vote_keep_zero: bool = True,
+        ttt_steps: int = 0,
+        ttt_lr: float = 1e-4,
+        ttt_batch_size: int = 8,
+        ttt_augment: bool = True,
         grad_clip: Optional[float] = 1.0,
         micro_batch_size: Optional[int] = None,
         skip_nonfinite: bool = True,
@@ -97,6 +109,16 @@ class AutoregressiveGridModel(L.LightningModule):
             order: serialization order (linked from ``data.order``), used when decoding.
             row_end: ROW_END tokens (linked from ``data.row_end``), used when decoding.
             n_generate: validation examples decoded per validation for ``val/exact_match`` (0: none).
+            n_votes: augmentations each decoded test input is solved under (``modules.voting``);
+                1 = plain greedy decoding. Above 1, validation also logs ``val/pass1`` and
+                ``val/pass2`` and ``predict`` writes the top two voted grids as the two attempts.
+            vote_colours: voting augmentations also permute colours (else dihedral only).
+            vote_keep_zero: colour permutations keep colour 0 (background) fixed.
+            ttt_steps: ``predict`` fine-tunes a copy of the weights for this many AdamW steps on
+                each task's augmented leave-one-out demonstrations first (``modules.ttt``; 0: off).
+            ttt_lr: test-time training learning rate.
+            ttt_batch_size: leave-one-out examples per test-time training step.
+            ttt_augment: random dihedral transforms and colour permutations during test-time training.
             grad_clip: clip the gradient norm to this value (None: no clipping).
             micro_batch_size: rows per forward/backward inside a step (None: the whole batch);
                 set by ``MemoryAwareBatchSize`` and halved on out-of-memory errors.
@@ -136,10 +158,12 @@ class AutoregressiveGridModel(L.LightningModule):
         self.optimizer_factory = optimizer or default_optimizer
         self.lr_scheduler_factory = lr_scheduler
         self.order, self.row_end, self.n_generate = order, row_end, n_generate
+        self.voting = VotingConfig(n_votes=n_votes, colours=vote_colours, keep_zero=vote_keep_zero)
+        self.ttt = TTTConfig(steps=ttt_steps, lr=ttt_lr, batch_size=ttt_batch_size, augment=ttt_augment)
         self.train_loss = MeanMetric()
         self.stage_metrics = nn.ModuleDict(
             {
-                stage: nn.ModuleDict({"loss": MeanMetric(), "cell_acc": MeanMetric(), "exact_match": MeanMetric()})
+                stage: nn.ModuleDict({k: MeanMetric() for k in ("loss", "cell_acc", "exact_match", "pass1", "pass2")})
                 for stage in ("val", "test")
             }
         )
@@ -234,12 +258,25 @@ class AutoregressiveGridModel(L.LightningModule):
         self.log(f"{stage}/loss", m["loss"], on_epoch=True, prog_bar=True, batch_size=B)
         self.log(f"{stage}/cell_acc", m["cell_acc"], on_epoch=True, prog_bar=True, batch_size=B)
         chosen = [i for i, meta in enumerate(batch["meta"]) if meta["index"] < self.n_generate]
-        if chosen:
+        if chosen and self.voting.n_votes > 1:
+            # the first vote is the identity augmentation: its decode is the plain greedy one
+            results = vote(self.model, batch_prompts(batch, chosen, self.order, self.row_end), self.order, self.row_end, self.voting)
+            targets = [batch["meta"][i]["target"] for i in chosen]
+            greedy = [r.decoded[0][1].grid if r.decoded and r.decoded[0][0].is_identity else None for r in results]
+            hits = [float(_same(g, t)) for g, t in zip(greedy, targets)]
+            top = [[float(_same(g, t)) for g in r.attempts(2)] + [0.0, 0.0] for r, t in zip(results, targets)]
+            m["pass1"].update(torch.tensor([h[0] for h in top], device=self.device))
+            m["pass2"].update(torch.tensor([max(h[:2]) for h in top], device=self.device))
+            m["exact_match"].update(torch.tensor(hits, device=self.device))
+        elif chosen:
             decoded = self.decode_batch(batch, chosen)
             hits = [float(d.grid is not None and _same(d.grid, batch["meta"][i]["target"])) for i, d in zip(chosen, decoded)]
             m["exact_match"].update(torch.tensor(hits, device=self.device))
         if self.n_generate > 0:
             self.log(f"{stage}/exact_match", m["exact_match"], on_epoch=True, prog_bar=True, batch_size=B)
+        if self.n_generate > 0 and self.voting.n_votes > 1:
+            self.log(f"{stage}/pass1", m["pass1"], on_epoch=True, batch_size=B)
+            self.log(f"{stage}/pass2", m["pass2"], on_epoch=True, prog_bar=True, batch_size=B)
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         self._eval_step(batch, "val")
@@ -267,12 +304,40 @@ class AutoregressiveGridModel(L.LightningModule):
         return [results[r] for r in rows]
 
     def predict_step(self, batch: dict, batch_idx: int) -> list[dict]:
-        decoded = self.decode_batch(batch)
+        """Rows ``{task_id, test_index, attempts, reason}``: with ``n_votes > 1`` the top two
+        voted grids, else the greedy grid. With ``ttt_steps > 0`` each task's rows are decoded
+        by weights adapted to that task's demonstrations (read back from the prompt) and the
+        base weights are restored before the next task. A task split across two batches is
+        adapted once per batch, identically (the draws are seeded by the task id)."""
+        metas = batch["meta"]
+        groups: dict[str, list[int]] = {}  # task id -> its rows in this batch (insertion ordered)
+        for i, meta in enumerate(metas):
+            groups.setdefault(meta["task_id"], []).append(i)
+        attempts: dict[int, list] = {}
+        reasons: dict[int, str | None] = {}
+        for task_id, rows in groups.items():
+            if self.ttt.steps > 0:
+                demos = batch_prompts(batch, rows[:1], self.order, self.row_end)[0][0]
+                with adapted(self.model, demos, self.order, self.row_end, self.ttt, key=task_id):
+                    self._predict_rows(batch, rows, attempts, reasons)
+            else:
+                self._predict_rows(batch, rows, attempts, reasons)
         out = []
-        for meta, d in zip(batch["meta"], decoded):
-            grid = None if d.grid is None else Augmentation(*meta["augmentation"]).invert(d.grid).tolist()
-            out.append({"task_id": meta["task_id"], "test_index": meta["query"], "attempts": [grid], "reason": d.reason})
+        for i, meta in enumerate(metas):
+            aug = Augmentation(*meta["augmentation"])
+            grids = [aug.invert(g).tolist() for g in attempts[i]] or [None]
+            out.append({"task_id": meta["task_id"], "test_index": meta["query"], "attempts": grids, "reason": reasons[i]})
         return out
+
+    def _predict_rows(self, batch: dict, rows: list[int], attempts: dict, reasons: dict) -> None:
+        """Fill ``attempts[row]`` (grids in the prompt's frame, best first) and ``reasons[row]``."""
+        if self.voting.n_votes > 1:
+            results = vote(self.model, batch_prompts(batch, rows, self.order, self.row_end), self.order, self.row_end, self.voting)
+            for r, res in zip(rows, results):
+                attempts[r], reasons[r] = res.attempts(2), res.reason
+        else:
+            for r, d in zip(rows, self.decode_batch(batch, rows)):
+                attempts[r], reasons[r] = ([] if d.grid is None else [d.grid]), d.reason
 
     # ---------------------------------------------------------------- optim / checkpoints
     def configure_optimizers(self):
