@@ -93,6 +93,15 @@ class BucketBatchSampler(Sampler[list[tuple[int, int]]]):
     def state_dict(self) -> dict:
         return {"epoch": self.epoch, "seed": self.seed}
 
+    def resume_at(self, epoch: int, batches_done: int) -> None:
+        """Continue ``epoch`` after its first ``batches_done`` batches (per replica); an epoch
+        already complete continues with the first batch of the next one."""
+        if batches_done < 0:
+            raise ValueError(f"batches_done must be >= 0, got {batches_done}")
+        if batches_done >= len(self):
+            epoch, batches_done = epoch + 1, 0
+        self.epoch, self.start_batch = epoch, batches_done
+
 
 def collate(seqs: list[TokenSequence]) -> dict:
     """Right-pad a list of sequences to the longest one: PAD tokens, -1 coordinates,

@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from datamodules.augment import IDENTITY, random_augmentation
 from datamodules.batching import BucketBatchSampler, collate
+from datamodules.resumable import ResumableDataLoader
 from datamodules.orders import OrderName
 from datamodules.serialize import max_augmented_length, serialize_example
 from datamodules.tasks import Task, load_tasks
@@ -285,13 +286,18 @@ class GridDataModule(L.LightningDataModule):
             num_replicas=replicas,
             rank=rank,
         )
-        return DataLoader(
+        # the training loader is checkpointed by Lightning so that a resumed fit continues mid-epoch
+        loader_class = ResumableDataLoader if name == "train" else DataLoader
+        loader = loader_class(
             ds,
             batch_sampler=sampler,
             collate_fn=collate,
             num_workers=self.hparams.num_workers,
             persistent_workers=self.hparams.num_workers > 0,
         )
+        if name == "train" and trainer is not None:
+            loader.progress = lambda: trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        return loader
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import warnings
 from pathlib import Path
 from typing import Any, Optional
 
@@ -26,10 +27,15 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import CSVLogger
 
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+from callbacks.checkpointing import AtomicCheckpointIO, FaultTolerance, check_compatible, find_last_checkpoint, load_for_check
 from callbacks.loss_logging import LossLogging
 from callbacks.schedule_free import ScheduleFreeMode
 from callbacks.wandb_tracking import GridWandbLogger, WandbMode
 from datamodules.datamodule import GridDataModule
+from experiments.cli_errors import GridArgumentParser
+from modules.base_model import NonFiniteLossError
 
 DEFAULT_MODEL = "modules.base_model.AutoregressiveGridModel"
 DEFAULT_OPTIMIZER = {
@@ -111,6 +117,8 @@ class GridLightningCLI(LightningCLI):
                     )
                 )
             kwargs["logger"] = loggers
+        if trainer_cfg.get("plugins") is None:
+            kwargs["plugins"] = [AtomicCheckpointIO()]  # atomic saves, weights_only loads
         return super().instantiate_trainer(**kwargs)
 
     def _resolved_config(self) -> dict:
@@ -119,6 +127,35 @@ class GridLightningCLI(LightningCLI):
 
     def before_fit(self) -> None:
         self.model.resolved_config = self._resolved_config()
+        self._check_ckpt_path()
+
+    def before_validate(self) -> None:
+        self._check_ckpt_path()
+
+    def before_test(self) -> None:
+        self._check_ckpt_path()
+
+    def before_predict(self) -> None:
+        self._check_ckpt_path()
+
+    def _check_ckpt_path(self) -> None:
+        """Before any data is loaded: ``fit --ckpt_path last`` -> the newest ``last*.ckpt`` of this
+        run name (Lightning only looks in the new version folder); a missing file or a checkpoint
+        of a differently shaped model -> one-line errors."""
+        cfg = self.config_init[self.subcommand]
+        path = cfg.get("ckpt_path")
+        if path is None or path in ("best", "hpc") or "://" in str(path):
+            return
+        if path == "last":
+            if self.subcommand != "fit":
+                return
+            found = find_last_checkpoint(self.trainer)
+            if found is None:
+                return  # Lightning warns and starts from scratch
+            cfg["ckpt_path"] = path = found
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"--ckpt_path {path}: no such checkpoint file")
+        check_compatible(load_for_check(path), self.model, path)
 
 
 def _argv_aliases(argv: list[str]) -> list[str]:
@@ -135,7 +172,8 @@ def cli_main(args: Optional[list[str]] = None, run: bool = True, **kwargs: Any) 
         model_class=L.LightningModule,
         datamodule_class=GridDataModule,
         subclass_mode_model=True,
-        trainer_defaults={"callbacks": [ScheduleFreeMode(), LossLogging()], "use_distributed_sampler": False},
+        trainer_defaults={"callbacks": [ScheduleFreeMode(), LossLogging(), FaultTolerance()], "use_distributed_sampler": False},
+        parser_class=kwargs.pop("parser_class", GridArgumentParser),
         save_config_kwargs={"overwrite": True},
         args=args,
         run=run,
@@ -149,8 +187,18 @@ def main(argv: Optional[list[str]] = None) -> int:
         from experiments import score, show
 
         return (score if argv[0] == "score" else show).main(argv[1:])
+    # argv is sys.argv[1:] when run as the `gridlm` script: LightningCLI's "both args and sys.argv" warning is noise
+    warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
     try:
         cli_main(argv)
+    except SIGTERMException as err:  # FaultTolerance saved the last checkpoint and said where
+        return 130 if getattr(err, "signal_name", None) == "SIGINT" else 143
+    except NonFiniteLossError as err:
+        if os.environ.get("GRIDLM_DEBUG"):
+            raise
+        saved = getattr(err, "checkpoint_path", None)
+        print(f"gridlm: error: {err}" + (f" Last checkpoint: {saved}" if saved else ""), file=sys.stderr)
+        return 1
     except (ValueError, FileNotFoundError) as err:
         if os.environ.get("GRIDLM_DEBUG"):
             raise
