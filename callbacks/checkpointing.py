@@ -31,6 +31,8 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from callbacks.schedule_free import _schedule_free, in_train_mode
+
 # hyperparameters that decide the shapes or meaning of the weights, in the order they are reported
 MODEL_FIELDS = ("vocab_size", "d_model", "n_layers", "n_heads", "mlp_ratio", "encoding", "tie_embeddings", "max_seq_len")
 
@@ -123,6 +125,13 @@ class FaultTolerance(L.Callback):
 
     # ---------------------------------------------------------------- SIGINT -> SIGTERM path
     def on_train_start(self, trainer, pl_module) -> None:
+        # A resumed fit restores schedule-free optimizers in eval mode (``ScheduleFreeMode``). The
+        # uninterrupted run switched back to train mode right after writing that checkpoint, and
+        # only then validated (eval -> train again): switch now, before Lightning re-runs that
+        # validation, so both runs apply the same float operations to the weights.
+        for opt in _schedule_free(trainer):
+            if not in_train_mode(opt):
+                opt.train()
         if threading.current_thread() is not threading.main_thread():
             return  # signal handlers can only be installed from the main thread
         self._previous_sigint = signal.getsignal(signal.SIGINT)

@@ -49,8 +49,15 @@ class BucketBatchSampler(Sampler[list[tuple[int, int]]]):
         self.start_batch = 0  # batches of this epoch already consumed (set when resuming mid-epoch)
 
     def set_epoch(self, epoch: int) -> None:
-        """Called by Lightning at the start of every epoch."""
+        """Called by Lightning at the start of every epoch (through :attr:`sampler`)."""
         self.epoch = epoch
+
+    @property
+    def sampler(self) -> "BucketBatchSampler":
+        """Lightning's ``_set_sampler_epoch`` calls ``set_epoch`` on ``loader.sampler`` and
+        ``loader.batch_sampler.sampler``, never on the batch sampler itself; without this every
+        epoch would repeat epoch 0's batches and augmentations."""
+        return self
 
     def batches(self, epoch: int | None = None) -> list[np.ndarray]:
         """All batches of an epoch for every replica, as arrays of example indices."""
