@@ -15,7 +15,7 @@ overall score is the mean over every task of the evaluated source:
 
 Usage::
 
-    gridlm score --submission submission.json --source arc1:eval [--csv per_task.csv]
+    gridlm score --submission submission.json --source arc1:eval [--csv per_task.csv] [--max-tasks N]
 """
 
 from __future__ import annotations
@@ -176,10 +176,15 @@ def load_submission(path: str | os.PathLike) -> dict:
     return obj
 
 
-def score_file(submission: str | os.PathLike, source: str, on_invalid: str = "raise") -> ScoreReport:
-    """Load ``submission`` and the tasks of ``source`` (a ``load_tasks`` spec) and score them."""
+def score_file(submission: str | os.PathLike, source: str, on_invalid: str = "raise", max_tasks: int | None = None) -> ScoreReport:
+    """Load ``submission`` and the tasks of ``source`` (a ``load_tasks`` spec) and score them;
+    ``max_tasks`` keeps the first N tasks of the source (as ``gridlm predict --data.max_tasks N``)."""
+    if max_tasks is not None and max_tasks < 1:
+        raise ValueError(f"--max-tasks must be >= 1, got {max_tasks}")
     sub = load_submission(submission)
-    return score_submission(sub, load_tasks(source, on_invalid=on_invalid), source=source)
+    tasks = load_tasks(source, on_invalid=on_invalid)
+    name = source if max_tasks is None else f"{source} (first {min(max_tasks, len(tasks))})"
+    return score_submission(sub, tasks[:max_tasks], source=name)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -188,10 +193,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--submission", required=True, help="submission JSON {task_id: [{attempt_1, attempt_2}, ...]}")
     ap.add_argument("--source", required=True, help="task source with known test outputs, e.g. arc1:eval, or a directory")
     ap.add_argument("--csv", default=None, help="write per-task results (task_id,n_test,n_correct,score,missing) here")
+    ap.add_argument("--max-tasks", type=int, default=None, help="score only the first N tasks of the source (the tasks of predict --data.max_tasks N)")
     ap.add_argument("--on-invalid", choices=ON_INVALID, default="raise", help="invalid task files: fail, or skip with a warning")
     args = ap.parse_args(argv)
     try:
-        report = score_file(args.submission, args.source, on_invalid=args.on_invalid)
+        report = score_file(args.submission, args.source, on_invalid=args.on_invalid, max_tasks=args.max_tasks)
         print(report.summary())
         if args.csv:
             print(f"per-task results: {report.to_csv(args.csv)}")

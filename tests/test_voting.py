@@ -200,3 +200,21 @@ def test_fit_with_voting_logs_pass1_and_pass2(tmp_path):
     for key in ("val/exact_match", "val/pass1", "val/pass2"):
         assert key in metrics, f"{key} missing: {sorted(metrics)}"
     assert all(0.0 <= p1 <= p2 <= 1.0 for p1, p2 in zip(metrics["val/pass1"], metrics["val/pass2"]))
+
+
+def test_score_max_tasks_scores_the_first_tasks_only(tmp_path, capsys):
+    from experiments.score import main as score_main
+
+    root = tmp_path / "tasks"
+    root.mkdir()
+    for tid in ("a1", "b2", "c3"):
+        task = {"train": [{"input": [[1]], "output": [[2]]}], "test": [{"input": [[1]], "output": [[2]]}]}
+        (root / f"{tid}.json").write_text(json.dumps(task))
+    sub = tmp_path / "sub.json"
+    sub.write_text(json.dumps({"a1": [{"attempt_1": [[0]], "attempt_2": [[2]]}]}))
+    assert score_main(["--submission", str(sub), "--source", str(root), "--max-tasks", "1"]) == 0
+    assert "pass@2 score 1.0000 (1.0 / 1 tasks" in capsys.readouterr().out
+    assert score_main(["--submission", str(sub), "--source", str(root)]) == 0
+    assert "(1.0 / 3 tasks" in capsys.readouterr().out
+    assert score_main(["--submission", str(sub), "--source", str(root), "--max-tasks", "0"]) == 2
+    assert "--max-tasks must be >= 1" in capsys.readouterr().err
