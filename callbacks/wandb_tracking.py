@@ -5,6 +5,10 @@ is configured and the wandb host answers, offline otherwise (the run is written 
 ``<save_dir>/wandb`` and can be uploaded later with ``wandb sync``). Any wandb error is turned
 into one warning and the logger falls back to ``disabled``; the CSV logger beside it keeps the
 metrics.
+
+``WandbTracking`` is the callback that makes runs comparable on a dashboard: group (the study),
+tags and job type, the resolved CLI config, summary metrics, grid-image panels of validation
+predictions and the best checkpoint as an artifact (online only).
 """
 
 from __future__ import annotations
@@ -13,8 +17,10 @@ import netrc
 import os
 import socket
 import warnings
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Optional, Sequence
 
+import lightning as L
+import torch
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 
@@ -84,6 +90,30 @@ class GridWandbLogger(WandbLogger):
         )
         self._failed = False
 
+    def set_run_info(self, group: Optional[str] = None, tags: Sequence[str] = (), job_type: Optional[str] = None, config: Optional[dict] = None) -> None:
+        """Group, tags, job type and config of the run. Before ``wandb.init`` they go into its
+        arguments; Lightning starts the run before any callback's ``setup``, so usually the live
+        run is updated: tags and config through wandb's API, group and job type (which wandb
+        only takes at init) in the run's settings, re-published with the run record as the
+        ``tags`` setter does."""
+        if self._experiment is None:
+            init = self._wandb_init
+            init["group"] = group or init.get("group")
+            init["job_type"] = job_type or init.get("job_type")
+            init["tags"] = list(dict.fromkeys([*(init.get("tags") or []), *tags]))
+            init["config"] = {**(init.get("config") or {}), **(config or {})}
+            return
+        run = self._experiment
+        if getattr(run, "disabled", False):
+            return
+        if config:
+            run.config.update(config, allow_val_change=True)
+        if group:
+            run._settings.run_group = group
+        if job_type:
+            run._settings.run_job_type = job_type
+        run.tags = tuple(dict.fromkeys([*(run.tags or ()), *tags]))  # publishes the run record
+
     def _fail(self, what: str, err: BaseException) -> None:
         if not self._failed:
             warnings.warn(f"wandb: {what} failed ({type(err).__name__}: {err}); continuing without wandb (CSV logs are kept)")
@@ -126,3 +156,141 @@ class GridWandbLogger(WandbLogger):
                 self._experiment.finish()
         except Exception as err:
             self._fail("finish", err)
+
+
+def describe_run(pl_module, config: Optional[dict], study: Optional[str], optimizer: Any = None) -> dict:
+    """The run's identity on a dashboard: study, encoding, order, optimizer class, seed."""
+    config = config or {}
+    hp = getattr(pl_module, "hparams", {}) or {}
+    encoding = hp.get("encoding", "?")
+    encoding = "+".join(encoding) if isinstance(encoding, (list, tuple)) else str(encoding)
+    opt = type(optimizer).__name__ if optimizer is not None else None
+    if opt is None:
+        path = (((config.get("model") or {}).get("init_args") or {}).get("optimizer") or {})
+        opt = path.get("class_path", "?").rsplit(".", 1)[-1] if isinstance(path, dict) else "?"
+    seed = config.get("seed_everything", (config.get("data") or {}).get("seed"))
+    return {
+        "study": study or config.get("study"),
+        "encoding": encoding,
+        "order": hp.get("order", (config.get("data") or {}).get("order", "?")),
+        "optimizer": opt,
+        "seed": seed,
+    }
+
+
+class WandbTracking(L.Callback):
+    """Dashboard bookkeeping for the wandb logger of the trainer (a no-op without one).
+
+    - group = the study (``--study``), job type ``train``, tags ``encoding:<name>``,
+      ``order:<name>``, ``optimizer:<class>``, ``seed:<k>``, ``study:<name>``;
+    - the resolved LightningCLI config (``pl_module.resolved_config``) and its hash in the run
+      config, once, with the fields above at top level for grouping;
+    - summary metrics: max ``val/exact_match``, max ``val/cell_acc``, min ``val/loss``;
+    - every ``images_every_n_val`` validations, ``val/grids``: input, target and greedy
+      prediction of the first ``n_images`` validation pairs (always the same pairs) in the ARC
+      palette (``experiments.show.grids_to_image``);
+    - at the end of fit, the best checkpoint (else the last) as a ``model`` artifact, online only.
+
+    Any wandb error becomes one warning and the callback stops; training goes on.
+    """
+
+    SUMMARY = {"val/exact_match": "max", "val/cell_acc": "max", "val/loss": "min"}
+
+    def __init__(self, study: Optional[str] = None, images_every_n_val: int = 1, n_images: int = 4, log_checkpoint: bool = True) -> None:
+        """
+        Args:
+            study: wandb group; None: the CLI's ``--study`` (from the resolved config).
+            images_every_n_val: log the grid panel every this many validations (0: never).
+            n_images: validation pairs in the panel.
+            log_checkpoint: upload the best checkpoint as an artifact when online.
+        """
+        if images_every_n_val < 0 or n_images < 0:
+            raise ValueError(f"WandbTracking: images_every_n_val and n_images must be >= 0, got {images_every_n_val}, {n_images}")
+        self.study, self.images_every_n_val, self.n_images, self.log_checkpoint = study, images_every_n_val, n_images, log_checkpoint
+        self._logger: Optional[WandbLogger] = None
+        self._failed = False
+        self._n_val = 0
+        self._fixed_batch: Optional[dict] = None
+
+    def _safe(self, what: str, fn, *args) -> Any:
+        if self._failed or self._logger is None:
+            return None
+        try:
+            return fn(*args)
+        except Exception as err:  # wandb raises many types; never stop training for bookkeeping
+            self._failed = True
+            warnings.warn(f"WandbTracking: {what} failed ({type(err).__name__}: {err}); wandb bookkeeping stops, training goes on")
+            return None
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        if stage != "fit" or not trainer.is_global_zero:
+            return
+        loggers = [lg for lg in trainer.loggers if isinstance(lg, WandbLogger)]
+        self._logger = loggers[0] if loggers else None
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        self._safe("setting group, tags and config", self._describe, trainer, pl_module)
+
+    def _describe(self, trainer, pl_module) -> None:
+        from modules.provenance import run_metadata
+
+        config = getattr(pl_module, "resolved_config", None)
+        info = describe_run(pl_module, config, self.study, trainer.optimizers[0] if trainer.optimizers else None)
+        tags = [f"{k}:{v}" for k, v in info.items() if v is not None]
+        meta = run_metadata(config)
+        run_config = {**{k: v for k, v in info.items() if v is not None}, "config": config, "config_hash": meta["config_hash"], "git_commit": meta["git_commit"]}
+        if isinstance(self._logger, GridWandbLogger):
+            self._logger.set_run_info(group=info["study"], tags=tags, job_type="train", config=run_config)
+        else:  # a plain WandbLogger: tags and config only
+            run = self._logger.experiment
+            run.config.update(run_config, allow_val_change=True)
+            run.tags = tuple(dict.fromkeys([*(run.tags or ()), *tags]))
+        run = self._logger.experiment
+        for key, summary in self.SUMMARY.items():
+            run.define_metric(key, summary=summary)
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if trainer.sanity_checking or self._logger is None or self._failed or not self.images_every_n_val or not self.n_images:
+            return
+        self._n_val += 1
+        if self._n_val % self.images_every_n_val == 0:
+            self._safe("logging the grid panel", self._log_grids, trainer, pl_module)
+
+    @torch.no_grad()
+    def _log_grids(self, trainer, pl_module) -> None:
+        from experiments.show import grids_to_image
+
+        if self._fixed_batch is None:  # the validation loader is deterministic: its first batch
+            batch = next(iter(trainer.datamodule.val_dataloader()))
+            self._fixed_batch = batch
+        batch = {k: v.to(pl_module.device) if torch.is_tensor(v) else v for k, v in self._fixed_batch.items()}
+        rows = list(range(min(self.n_images, batch["tokens"].shape[0])))
+        was_training = pl_module.training
+        pl_module.eval()
+        try:
+            decoded = pl_module.decode_batch(batch, rows)
+        finally:
+            pl_module.train(was_training)
+        images, captions = [], []
+        for r, d in zip(rows, decoded):
+            meta = batch["meta"][r]
+            images.append(grids_to_image([("input", meta["query_input"]), ("target", meta["target"]), ("prediction", d.grid)]))
+            captions.append(f"{meta['task_id']} test {meta['query']}: {d.reason or 'ok'}")
+        self._logger.log_image(key="val/grids", images=images, step=trainer.global_step, caption=captions)
+
+    def on_fit_end(self, trainer, pl_module) -> None:
+        if self.log_checkpoint and self._logger is not None and getattr(self._logger, "mode", None) == "online":
+            self._safe("uploading the checkpoint", self._upload, trainer)
+
+    def _upload(self, trainer) -> None:
+        import wandb
+
+        ckpt = trainer.checkpoint_callback
+        path = ckpt and (ckpt.best_model_path or ckpt.last_model_path)
+        if not path or not os.path.isfile(path):
+            return
+        run = self._logger.experiment
+        score = ckpt.best_model_score
+        artifact = wandb.Artifact(f"model-{run.id}", type="model", metadata={"monitor": ckpt.monitor, "score": None if score is None else float(score)})
+        artifact.add_file(path)
+        run.log_artifact(artifact, aliases=["best" if ckpt.best_model_path else "last", "latest"])

@@ -32,7 +32,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from callbacks.checkpointing import AtomicCheckpointIO, FaultTolerance, check_compatible, find_last_checkpoint, load_for_check
 from callbacks.loss_logging import LossLogging
 from callbacks.schedule_free import ScheduleFreeMode
-from callbacks.wandb_tracking import GridWandbLogger, WandbMode
+from callbacks.wandb_tracking import GridWandbLogger, WandbMode, WandbTracking
 from datamodules.datamodule import GridDataModule
 from experiments.cli_errors import GridArgumentParser
 from modules.base_model import NonFiniteLossError
@@ -172,7 +172,7 @@ def cli_main(args: Optional[list[str]] = None, run: bool = True, **kwargs: Any) 
         model_class=L.LightningModule,
         datamodule_class=GridDataModule,
         subclass_mode_model=True,
-        trainer_defaults={"callbacks": [ScheduleFreeMode(), LossLogging(), FaultTolerance()], "use_distributed_sampler": False},
+        trainer_defaults={"callbacks": [ScheduleFreeMode(), LossLogging(), WandbTracking(), FaultTolerance()], "use_distributed_sampler": False},
         parser_class=kwargs.pop("parser_class", GridArgumentParser),
         save_config_kwargs={"overwrite": True},
         args=args,
