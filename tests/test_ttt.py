@@ -17,7 +17,8 @@ from modules.base_model import AutoregressiveGridModel, positions_of
 from modules.decoding import generate_grids
 from modules.transformer import Transformer, TransformerConfig
 from modules.ttt import TTTConfig, adapt, adapted
-from test_cli import tiny_flags
+from experiments.demo import render_prediction
+from test_cli import CONFIGS, tiny_flags
 
 
 def flip_demos(n: int = 3, side: int = 3, seed: int = 0) -> list[Pair]:
@@ -141,7 +142,7 @@ def test_predict_step_adapts_per_task_and_restores(monkeypatch):
 
 
 @pytest.mark.slow
-def test_gridlm_predict_with_voting_and_ttt_writes_a_scorable_submission(tmp_path):
+def test_gridlm_predict_with_voting_and_ttt_writes_a_submission_and_demo_draws_it(tmp_path):
     fit = cli_main(["fit", *tiny_flags(tmp_path, steps=2)])
     ckpt = fit.trainer.checkpoint_callback.last_model_path
     out = tmp_path / "sub.json"
@@ -151,3 +152,5 @@ def test_gridlm_predict_with_voting_and_ttt_writes_a_scorable_submission(tmp_pat
     assert len(sub) == 3 and all({"attempt_1", "attempt_2"} <= set(e) for v in sub.values() for e in v)
     saved = torch.load(ckpt, weights_only=True)["state_dict"]
     assert_bitwise_equal({k: v.cpu() for k, v in pred.model.state_dict().items()}, saved)  # TTT restored the base weights
+    picture = render_prediction(str(CONFIGS / "quickstart.yaml"), ckpt, tmp_path / "demo", tiny_flags(tmp_path, **{"--data.max_tasks": "2"})[2:])
+    assert picture == tmp_path / "demo" / "demo_task.png" and picture.stat().st_size > 1000  # make demo's picture
