@@ -186,15 +186,25 @@ def _fmt(v: Any) -> str:
     return ",".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v)
 
 
+def hparam_mismatches(saved: dict, requested: dict, defaults: Optional[dict] = None) -> list[str]:
+    """``"<field> <saved> in the checkpoint vs <requested> in the config"`` for every
+    ``MODEL_FIELDS`` entry that differs. With ``defaults``, a requested value equal to its default
+    (not set by the user) is not a mismatch: the checkpoint's value will be used."""
+    out = []
+    for k in MODEL_FIELDS:
+        if k not in saved or k not in requested:
+            continue
+        if defaults is not None and k in defaults and _fmt(requested[k]) == _fmt(defaults[k]):
+            continue
+        if _fmt(saved[k]) != _fmt(requested[k]):
+            out.append(f"{k} {_fmt(saved[k])} in the checkpoint vs {_fmt(requested[k])} in the config")
+    return out
+
+
 def check_compatible(checkpoint: dict, model: torch.nn.Module, path: str) -> None:
     """Raise one ``ValueError`` line if ``checkpoint`` was made for a differently shaped model:
     the mismatched hyperparameters (``MODEL_FIELDS``), else the mismatched tensors."""
-    saved = checkpoint.get("hyper_parameters") or {}
-    current = dict(getattr(model, "hparams", {}))
-    diffs = []
-    for k in MODEL_FIELDS:
-        if k in saved and k in current and _fmt(saved[k]) != _fmt(current[k]):
-            diffs.append(f"{k} {_fmt(saved[k])} in the checkpoint vs {_fmt(current[k])} in the config")
+    diffs = hparam_mismatches(checkpoint.get("hyper_parameters") or {}, dict(getattr(model, "hparams", {})))
     if not diffs and "state_dict" in checkpoint:
         mine = model.state_dict()
         theirs = checkpoint["state_dict"]
@@ -211,6 +221,12 @@ def check_compatible(checkpoint: dict, model: torch.nn.Module, path: str) -> Non
         raise ValueError(f"checkpoint {path} does not match the model: " + "; ".join(diffs))
 
 
-def load_for_check(path: str) -> dict:
-    """Read a checkpoint for :func:`check_compatible` (memory-mapped, ``weights_only=True``)."""
-    return AtomicCheckpointIO().load_checkpoint(path, map_location="cpu")
+def read_checkpoint(path: str) -> dict:
+    """Read a checkpoint for inspection: memory-mapped, ``weights_only=True``, one-line errors."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"--ckpt_path {path}: no such checkpoint file")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(f"checkpoint {path} cannot be loaded ({first}); is it a complete gridlm checkpoint?") from err

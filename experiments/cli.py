@@ -29,7 +29,14 @@ from lightning.pytorch.loggers import CSVLogger
 
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from callbacks.checkpointing import AtomicCheckpointIO, FaultTolerance, check_compatible, find_last_checkpoint, load_for_check
+from callbacks.checkpointing import (
+    AtomicCheckpointIO,
+    FaultTolerance,
+    check_compatible,
+    find_last_checkpoint,
+    hparam_mismatches,
+    read_checkpoint,
+)
 from callbacks.loss_logging import LossLogging
 from callbacks.schedule_free import ScheduleFreeMode
 from callbacks.wandb_tracking import GridWandbLogger, WandbMode, WandbTracking
@@ -153,9 +160,31 @@ class GridLightningCLI(LightningCLI):
             if found is None:
                 return  # Lightning warns and starts from scratch
             cfg["ckpt_path"] = path = found
-        if not Path(path).is_file():
-            raise FileNotFoundError(f"--ckpt_path {path}: no such checkpoint file")
-        check_compatible(load_for_check(path), self.model, path)
+        check_compatible(read_checkpoint(path), self.model, path)
+
+    def _parse_ckpt_path(self) -> None:
+        """Lightning replaces the model options with the checkpoint's hyperparameters; first make
+        sure none the user set (a value other than its default) disagrees with them."""
+        sub = self.config.get("subcommand")
+        path = self.config[sub].get("ckpt_path") if sub else None
+        if path is not None and path not in ("last", "best", "hpc") and "://" not in str(path):
+            saved = read_checkpoint(path).get("hyper_parameters") or {}
+            model = self.config[sub].get("model")
+            if saved and model is not None and model.get("class_path"):
+                requested = dict(vars(model.get("init_args") or {}))
+                diffs = hparam_mismatches(saved, requested, _init_defaults(model["class_path"]))
+                if diffs:
+                    raise ValueError(f"checkpoint {path} does not match the model: " + "; ".join(diffs))
+        super()._parse_ckpt_path()
+
+
+def _init_defaults(class_path: str) -> dict:
+    import importlib
+    import inspect
+
+    module, _, name = class_path.rpartition(".")
+    sig = inspect.signature(getattr(importlib.import_module(module), name).__init__)
+    return {k: p.default for k, p in sig.parameters.items() if p.default is not inspect.Parameter.empty}
 
 
 def _argv_aliases(argv: list[str]) -> list[str]:
