@@ -29,6 +29,7 @@ import torch
 from lightning.fabric.utilities.cloud_io import _is_local_file_protocol
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from callbacks.schedule_free import _schedule_free, in_train_mode
@@ -161,7 +162,8 @@ class FaultTolerance(L.Callback):
         from modules.base_model import NonFiniteLossError
 
         self._restore_sigint()
-        if not trainer.training or not isinstance(exception, (SIGTERMException, NonFiniteLossError)):
+        # during fit only (a signal may land in a validation run inside fit: save then too)
+        if trainer.state.fn != TrainerFn.FITTING or not isinstance(exception, (SIGTERMException, NonFiniteLossError)):
             return
         if isinstance(exception, SIGTERMException) and self.signal_name is None:
             self.signal_name = "SIGTERM"

@@ -127,7 +127,7 @@ def _wait_for(path_glob, root: Path, proc: subprocess.Popen, timeout: float = 24
 
 @pytest.mark.slow
 def test_sigkill_then_ckpt_path_last_reproduces_the_uninterrupted_losses(tmp_path):
-    steps = 40
+    steps = 24
     ref = tmp_path / "ref"
     ref.mkdir()
     assert subprocess.run([sys.executable, "-m", "experiments.cli", "fit", *flags(ref, steps)], cwd=tmp_path,
