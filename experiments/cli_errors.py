@@ -75,9 +75,10 @@ def one_line_error(message: str, parser: Any = None) -> str:
         where = f"--{keys[0]}.{m.group(1)}" if keys else f"--{m.group(1)}"
         return f"{where}: unknown option{_suggest(m.group(1), valid)}" + (f"; valid: {', '.join(valid)}" if valid else "")
 
-    m = re.match(r"unrecognized arguments: (.*)", message.strip(), re.S)
+    m = re.match(r"unrecognized arguments: (.*)", message.strip(), re.S) or re.search(r"does not accept option '([^']+)'", message)
     if m:
-        bad = next((a for a in m.group(1).split() if a.startswith("-")), m.group(1).split()[0] if m.group(1).split() else "")
+        words = m.group(1).split()
+        bad = next((a for a in words if a.startswith("-")), "--" + words[0] if words else "")
         name = bad.lstrip("-").split("=", 1)[0]
         group = name.rpartition(".")[0]
         valid = _options(parser, group)

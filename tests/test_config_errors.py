@@ -66,7 +66,7 @@ def test_unknown_key_in_a_config_file(capsys, tmp_path):
     cfg = tmp_path / "bad.yaml"
     cfg.write_text("data:\n  sourc: arc1\n")
     msg = run_error(capsys, "--config", str(cfg))
-    assert "sourc" in msg
+    assert msg.startswith("unknown option --data.sourc (did you mean source?); valid --data options: ")
 
 
 def test_missing_config_file(capsys, tmp_path):
