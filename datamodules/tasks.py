@@ -98,6 +98,8 @@ def _describe(value: object) -> str:
         text = json.dumps(value)
     except (TypeError, ValueError):
         text = repr(value)
+    except RecursionError:  # a hostile, deeply nested value
+        text = f"<deeply nested {type(value).__name__}>"
     text = " ".join(text.split())
     if len(text) > 24:
         text = text[:21] + "..."
@@ -245,6 +247,8 @@ def load_task_file(path: str | os.PathLike) -> Task:
         obj = json.loads(text)
     except json.JSONDecodeError as e:
         raise TaskFormatError(f"{path}:", f"is not valid JSON ({e.msg} at line {e.lineno} column {e.colno})") from e
+    except RecursionError as e:  # e.g. 100000 nested '[': json recurses per level
+        raise TaskFormatError(f"{path}:", "is nested too deeply to be an ARC task (JSON recursion limit)") from e
     return parse_task(obj, task_id=path.stem, where=str(path), source=str(path))
 
 
