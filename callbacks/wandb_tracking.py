@@ -59,6 +59,20 @@ def resolve_mode(mode: str = "auto") -> str:
     return "online" if host_reachable() else "offline"
 
 
+def bounded_settings():
+    """Online-run settings that give up on an unreachable or refusing server in seconds (wandb's
+    defaults retry GraphQL calls for minutes, blocking ``wandb.init`` and so training)."""
+    import wandb
+
+    return wandb.Settings(
+        init_timeout=60,
+        x_graphql_retry_max=2,
+        x_graphql_retry_wait_max_seconds=2,
+        x_graphql_timeout_seconds=15,
+        finish_timeout=30,
+    )
+
+
 class GridWandbLogger(WandbLogger):
     """``WandbLogger`` that picks online/offline by itself and degrades to a warning on error."""
 
@@ -76,6 +90,8 @@ class GridWandbLogger(WandbLogger):
     ) -> None:
         self.mode = resolve_mode(mode)
         os.makedirs(save_dir, exist_ok=True)
+        if self.mode == "online" and "settings" not in kwargs:
+            kwargs["settings"] = bounded_settings()
         super().__init__(
             project=project,
             save_dir=save_dir,
@@ -116,7 +132,9 @@ class GridWandbLogger(WandbLogger):
 
     def _fail(self, what: str, err: BaseException) -> None:
         if not self._failed:
-            warnings.warn(f"wandb: {what} failed ({type(err).__name__}: {err}); continuing without wandb (CSV logs are kept)")
+            msg = " ".join(str(err).split())  # wandb errors span lines; the warning is one
+            msg = msg if len(msg) <= 300 else msg[:297] + "..."
+            warnings.warn(f"wandb: {what} failed ({type(err).__name__}: {msg}); continuing without wandb (CSV logs are kept)")
         self._failed = True
 
     @property
