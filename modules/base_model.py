@@ -197,7 +197,12 @@ class AutoregressiveGridModel(L.LightningModule):
                     raise MemoryError(
                         f"out of memory with a micro-batch of 1 sequence of {T} tokens; lower data.max_seq_len or the model size"
                     ) from err
-        if self.skip_nonfinite and not bool(torch.isfinite(loss)):  # one host sync per step
+        finite = not self.skip_nonfinite or bool(torch.isfinite(loss))  # one host sync per step
+        if self.skip_nonfinite and self._trainer is not None and self.trainer.world_size > 1:
+            # gradients are all-reduced: every rank must skip (and stop) together, or the finite
+            # ranks would step with NaN gradients and a lone rank would raise and hang the others
+            finite = self.trainer.strategy.reduce_boolean_decision(finite, all=True)
+        if not finite:
             opt.zero_grad(set_to_none=True)
             self.skipped_steps += 1
             self.consecutive_nonfinite += 1
