@@ -27,6 +27,7 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import CSVLogger
 
+from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from callbacks.checkpointing import (
@@ -114,7 +115,11 @@ class GridLightningCLI(LightningCLI):
             name = cfg.get("run_name") or "gridlm"
             csv = CSVLogger(save_dir=root, name=name)
             loggers = [csv]
-            if cfg.get("wandb_mode", "auto") != "disabled":
+            if rank_zero_only.rank > 0:
+                # a DDP child re-runs this CLI after rank 0 made its version folder: share that
+                # folder (Lightning broadcasts rank 0's log_dir) and make no folder or wandb run
+                loggers = [CSVLogger(save_dir=root, name=name, version=_latest_version(Path(root) / name))]
+            elif cfg.get("wandb_mode", "auto") != "disabled":
                 loggers.append(
                     GridWandbLogger(
                         project=cfg.get("wandb_project", "gridlm"),
@@ -176,6 +181,11 @@ class GridLightningCLI(LightningCLI):
                 if diffs:
                     raise ValueError(f"checkpoint {path} does not match the model: " + "; ".join(diffs))
         super()._parse_ckpt_path()
+
+
+def _latest_version(folder: Path) -> int:
+    versions = [int(d.name.split("_", 1)[1]) for d in folder.glob("version_*") if d.name.split("_", 1)[1].isdigit()]
+    return max(versions, default=0)
 
 
 def _init_defaults(class_path: str) -> dict:
