@@ -58,13 +58,17 @@ def parse_budget(budget: Union[float, int, str], total_bytes: Optional[float]) -
     if isinstance(budget, str):
         m = re.fullmatch(r"\s*([0-9.]+(?:e[0-9]+)?)\s*([A-Za-z]*)\s*", budget)
         if not m or m.group(2).upper() not in _UNITS:
-            raise ValueError(f"MemoryAwareBatchSize.budget: cannot read {budget!r}; use a fraction (0.8), bytes, or '512MB' / '2GiB'")
+            raise ValueError(
+                f"MemoryAwareBatchSize.budget: cannot read {budget!r}; use a fraction (0.8), bytes, or '512MB' / '2GiB'"
+            )
         budget = float(m.group(1)) * _UNITS[m.group(2).upper()]
     if budget <= 0:
         raise ValueError(f"MemoryAwareBatchSize.budget must be > 0, got {budget}")
     if budget <= 1:
         if total_bytes is None:
-            raise ValueError("MemoryAwareBatchSize.budget: a fraction needs the device's total memory, which is unknown; give bytes")
+            raise ValueError(
+                "MemoryAwareBatchSize.budget: a fraction needs the device's total memory, which is unknown; give bytes"
+            )
         return budget * total_bytes
     return float(budget)
 
@@ -125,7 +129,9 @@ def worst_case_batch(dataset, rows: int) -> dict:
     return collate([dataset[(i, 0)] for i in picks])
 
 
-def choose_micro_batch(measure: MemoryFn, budget: float, max_rows: int, max_probes: int = 12) -> tuple[int, dict[int, float]]:
+def choose_micro_batch(
+    measure: MemoryFn, budget: float, max_rows: int, max_probes: int = 12
+) -> tuple[int, dict[int, float]]:
     """The largest ``rows <= max_rows`` with ``measure(rows) <= budget``, and every measurement made.
 
     Doubling from 1, then linear interpolation and bisection between the last size under the
@@ -276,8 +282,12 @@ class MemoryAwareBatchSize(L.Callback):
 
     def state_dict(self) -> dict:
         micro = self._module.micro_batch_size if self._module is not None else self.micro_batch_size
-        return {"micro_batch_size": micro, "effective_batch": self.effective_batch, "budget_bytes": self.budget_bytes,
-                "measurements": {int(k): float(v) for k, v in self.measurements.items()}}
+        return {
+            "micro_batch_size": micro,
+            "effective_batch": self.effective_batch,
+            "budget_bytes": self.budget_bytes,
+            "measurements": {int(k): float(v) for k, v in self.measurements.items()},
+        }
 
     def load_state_dict(self, state: dict) -> None:
         self.micro_batch_size = state.get("micro_batch_size")
@@ -318,7 +328,8 @@ class MemoryAwareBatchSize(L.Callback):
 
         def measure(rows: int) -> float:
             try:
-                peak = cuda_peak_bytes(lambda: step(rows), device) if device.type == "cuda" else cpu_peak_bytes(lambda: step(rows))
+                run = lambda: step(rows)  # noqa: E731
+                peak = cuda_peak_bytes(run, device) if device.type == "cuda" else cpu_peak_bytes(run)
             except torch.OutOfMemoryError:
                 pl_module.zero_grad(set_to_none=True)
                 torch.cuda.empty_cache()
@@ -338,7 +349,9 @@ class MemoryAwareBatchSize(L.Callback):
             config.setdefault("model", {}).setdefault("init_args", {})["micro_batch_size"] = micro
             config.setdefault("data", {})["batch_size"] = self.effective_batch
         for logger in trainer.loggers:
-            logger.log_hyperparams({"batch/micro_batch_size": micro, "batch/accumulate": accumulate, "batch/effective": self.effective_batch})
+            logger.log_hyperparams(
+                {"batch/micro_batch_size": micro, "batch/accumulate": accumulate, "batch/effective": self.effective_batch}
+            )
         rank_zero_info(
             f"MemoryAwareBatchSize: micro-batch {micro} x {accumulate} accumulation = effective batch "
             f"{self.effective_batch} (budget {self.budget_bytes / 2**20:.0f} MiB, margin {self.margin:.0%}, "
