@@ -14,7 +14,7 @@ import warnings
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from datamodules.serialize import deserialize, parse_grid, serialize_example
@@ -36,14 +36,6 @@ valid_tasks = st.fixed_dictionaries(
         "test": st.lists(st.fixed_dictionaries({"input": good_grids, "output": good_grids}), min_size=1, max_size=2),
     }
 )
-
-
-def _is_valid_grid(g) -> bool:
-    try:
-        validate_grid(g, "g")
-        return True
-    except TaskFormatError:
-        return False
 
 
 # ---------------------------------------------------------------- task loader
