@@ -1,0 +1,206 @@
+"""The refinement network: draft sequences, corruptions, K passes, draft caching, CLI, and the gain."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from datamodules.datamodule import GridDataModule
+from datamodules.drafts import CORRUPTIONS, corrupt, draft_batch
+from datamodules.serialize import serialize_example
+from datamodules.tasks import Pair
+from experiments.cli import cli_main, main
+from modules.base_model import AutoregressiveGridModel
+from modules.refiner import RefinementNetwork
+from test_cli import read_metrics, tiny_flags
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+TINY = dict(d_model=16, n_layers=1, n_heads=2, max_seq_len=256)
+
+
+def _datamodule(**kw) -> GridDataModule:
+    args = dict(source="synthetic:colour_map", n_synthetic=6, synthetic_max_side=4, max_seq_len=256, batch_size=4, max_val_examples=6)
+    dm = GridDataModule(**{**args, **kw})
+    dm.setup("fit")
+    return dm
+
+
+def _save_base(path: Path, **kw) -> Path:
+    """An untrained tiny base model saved as a Lightning checkpoint."""
+    base = AutoregressiveGridModel(**{**TINY, **kw})
+    torch.save({"state_dict": base.state_dict(), "hyper_parameters": dict(base.hparams), "pytorch-lightning_version": L.__version__}, path)
+    return path
+
+
+class _FakeDecoder:
+    """Stands in for the base model: drafts are the targets with one cell changed; counts rows."""
+
+    def __init__(self) -> None:
+        self.rows = 0
+        self.device = torch.device("cpu")
+
+    def decode_batch(self, batch, rows):
+        from modules.decoding import Decoded
+
+        self.rows += len(rows)
+        out = []
+        for r in rows:
+            g = np.array(batch["meta"][r]["target"])
+            g[0, 0] = (g[0, 0] + 1) % 10
+            out.append(Decoded(g, None, 0.0, 0, []))
+        return out
+
+
+def _refiner_with_fake_base(**kw) -> tuple[RefinementNetwork, _FakeDecoder]:
+    ratio = kw.pop("draft_ratio", 0.0)
+    model = RefinementNetwork(**{**TINY, "draft_ratio": 0.0, **kw})
+    model.draft_ratio = ratio  # set after construction: there is no checkpoint behind the fake base
+    fake = _FakeDecoder()
+    object.__setattr__(model, "_base", fake)
+    return model, fake
+
+
+# ---------------------------------------------------------------- drafts and corruptions
+@pytest.mark.parametrize("order,row_end", [("row_major", False), ("snake", True), ("hilbert", False)], ids=str)
+def test_draft_batch_equals_the_serializer_with_the_draft_as_query_output(order, row_end):
+    dm = _datamodule(order=order, row_end=row_end)
+    ds = dm.datasets["val"]
+    batch = next(iter(dm.val_dataloader()))
+    rng = np.random.default_rng(0)
+    drafts = [rng.integers(0, 10, size=(int(rng.integers(1, 6)), int(rng.integers(1, 6)))) for _ in batch["meta"]]
+    inp = draft_batch(batch, drafts, order, row_end)
+    for b, (meta, draft) in enumerate(zip(batch["meta"], drafts)):
+        spec = ds.specs[meta["index"]]
+        task = ds.tasks[spec.task]
+        ref = serialize_example([task.train[j] for j in spec.context], Pair(task.test[spec.query].input, draft), order, row_end=row_end)
+        n = len(ref)
+        assert int(inp["lengths"][b]) == n
+        for f in ("tokens", "row", "col", "grid", "role"):
+            assert inp[f][b, :n].tolist() == getattr(ref, f).tolist(), f
+        cells = inp["cells"][b, :n].numpy()
+        assert cells.sum() == draft.size and (ref.row[cells] >= 0).all() and (ref.grid[cells] == ref.grid[-1]).all()
+        assert (inp["tokens"][b, n:] == 10).all()  # PAD
+
+
+@pytest.mark.parametrize("kind", CORRUPTIONS)
+def test_corrupt_always_changes_the_grid_and_keeps_its_shape(kind):
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        g = rng.integers(0, 3, size=(int(rng.integers(1, 6)), int(rng.integers(1, 6))))
+        c = corrupt(g, rng, kinds=[kind])
+        assert c.shape == g.shape and not np.array_equal(c, g) and c.min() >= 0 and c.max() <= 9
+
+
+def test_corrupt_rejects_unknown_kinds():
+    with pytest.raises(ValueError, match="unknown corruption 'blur'"):
+        corrupt(np.zeros((2, 2), dtype=int), np.random.default_rng(0), kinds=["blur"])
+
+
+# ---------------------------------------------------------------- the module
+def test_zero_passes_return_the_draft_and_passes_stop_when_nothing_changes():
+    dm = _datamodule()
+    batch = next(iter(dm.val_dataloader()))
+    model = RefinementNetwork(**TINY, draft_ratio=0.0, n_passes=0).eval()
+    drafts = model.eval_drafts(batch, "val")
+    out = model.refine(batch, drafts)
+    assert all(np.array_equal(a, b) for a, b in zip(out, drafts))
+    calls = []
+    original = model.cell_logits
+    model.cell_logits = lambda inp: calls.append(inp["tokens"].shape[0]) or original(inp)
+    once = model.refine(batch, drafts, n_passes=1)
+    calls.clear()
+    many = model.refine(batch, drafts, n_passes=50)
+    assert len(calls) < 50, "refinement must stop once a pass changes nothing"
+    assert all(a.shape == d.shape for a, d in zip(many, drafts))
+    assert all(a.shape == d.shape for a, d in zip(once, drafts))
+
+
+def test_each_draft_is_decoded_once_per_epoch():
+    dm = _datamodule(augment=True)
+    model, fake = _refiner_with_fake_base(draft_ratio=1.0)
+    val = list(dm.val_dataloader())
+    for _ in range(3):  # three validations: the frozen base drafts every validation example once
+        for batch in val:
+            model.eval_drafts(batch, "val")
+    n_val = len(dm.datasets["val"])
+    assert fake.rows == n_val
+    train = list(dm.train_dataloader())
+    for _ in range(2):  # the same epoch seen twice (e.g. a retried step): no new decodes
+        for batch in train:
+            drafts, n_base, n_wrong = model.training_drafts(batch)
+            assert n_base == len(drafts) and n_wrong == 0
+    assert fake.rows == n_val + len(dm.datasets["train"])
+    model.on_train_epoch_start()  # a new epoch: augmented training drafts are dropped, validation drafts kept
+    for batch in val:
+        model.eval_drafts(batch, "val")
+    assert fake.rows == n_val + len(dm.datasets["train"])
+    assert all(k[0] == "val" or k[2][0] == 0 for k in model.draft_cache)
+
+
+def test_training_replaces_wrong_shape_base_drafts_by_corrupted_targets():
+    dm = _datamodule()
+    model, fake = _refiner_with_fake_base(draft_ratio=1.0)
+    batch = next(iter(dm.train_dataloader()))
+    fake.decode_batch = lambda b, rows, _d=fake.decode_batch: [
+        type(d)(np.zeros((1, 1), dtype=np.int64), None, 0.0, 0, []) for d in _d(b, rows)
+    ]  # every base draft has the wrong shape
+    drafts, n_base, n_wrong = model.training_drafts(batch)
+    assert n_base == 0 and n_wrong == fake.rows == len(drafts)
+    for d, m in zip(drafts, batch["meta"]):
+        assert d.shape == np.shape(m["target"]) and not np.array_equal(d, m["target"])
+
+
+def test_missing_base_checkpoint_is_one_error_naming_option_and_path(tmp_path, capsys):
+    with pytest.raises(FileNotFoundError, match=r"model.base_checkpoint: no such file .*nope.ckpt"):
+        RefinementNetwork(**TINY, base_checkpoint=str(tmp_path / "nope.ckpt"))
+    with pytest.raises(ValueError, match="model.base_checkpoint is required when model.draft_ratio > 0"):
+        RefinementNetwork(**TINY, draft_ratio=0.5)
+    code = main(["fit", "--config", str(CONFIGS / "refiner.yaml"), "--model.base_checkpoint", str(tmp_path / "nope.ckpt")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "model.base_checkpoint" in err[0] and "nope.ckpt" in err[0], err
+
+
+def test_base_checkpoint_must_match_the_data_order(tmp_path):
+    path = _save_base(tmp_path / "base.ckpt", order="snake")
+    with pytest.raises(ValueError, match="order='snake'.*order='row_major'"):
+        RefinementNetwork(**TINY, base_checkpoint=str(path))
+
+
+def test_refiner_config_reuses_the_quickstart_data_block():
+    refiner = yaml.safe_load((CONFIGS / "refiner.yaml").read_text())
+    quick = yaml.safe_load((CONFIGS / "quickstart.yaml").read_text())
+    assert refiner["data"] == quick["data"]
+    assert refiner["model"]["class_path"] == "modules.refiner.RefinementNetwork"
+
+
+# ---------------------------------------------------------------- the real CLI
+def refiner_flags(tmp_path: Path, base_ckpt: str, steps: int, **extra: str) -> list[str]:
+    flags = tiny_flags(tmp_path, steps=steps, **extra)
+    flags[flags.index("--config") + 1] = str(CONFIGS / "refiner.yaml")
+    i = flags.index("--model.n_generate")
+    del flags[i : i + 2]  # a base-model option
+    return [*flags, "--model.base_checkpoint", base_ckpt]
+
+
+@pytest.mark.slow  # the untrained base decodes grids up to the sequence limit (~1-4 min on 2 busy cores)
+def test_cli_fit_validate_predict_with_an_untrained_base(tmp_path):
+    base = str(_save_base(tmp_path / "base.ckpt", max_seq_len=512))
+    extra = {"--data.synthetic_max_side": "3", "--data.max_val_examples": "4", "--model.draft_ratio": "0.0"}
+    fit = cli_main(["fit", *refiner_flags(tmp_path, base, steps=2, **extra)])
+    metrics = read_metrics(fit.trainer.log_dir)
+    for key in ("train/loss", "val/loss", "val/exact_match_draft", "val/exact_match_refined", "val/cells_fixed", "val/cells_broken"):
+        assert key in metrics, key
+    ckpt = fit.trainer.checkpoint_callback.last_model_path
+    assert not any(k.startswith("_base") for k in torch.load(ckpt, weights_only=True)["state_dict"])
+    val = cli_main(["validate", *refiner_flags(tmp_path, base, steps=2, **extra), "--ckpt_path", ckpt, "--model.n_passes", "0"])
+    got = {k: float(v) for k, v in val.trainer.callback_metrics.items()}
+    assert got["val/exact_match_refined"] == got["val/exact_match_draft"]
+    assert got["val/cells_fixed"] == got["val/cells_broken"] == 0.0
+    out = tmp_path / "sub.json"
+    cli_main(["predict", *refiner_flags(tmp_path, base, steps=2, **extra), "--ckpt_path", ckpt, "--out", str(out)])
+    assert out.exists()
