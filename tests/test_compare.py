@@ -1,0 +1,180 @@
+"""gridlm-compare: study files, fit commands, reports, skipping finished runs, failed variants."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from experiments import compare
+from experiments.cli import cli_main
+from experiments.compare import Study, fit_command, load_study, main, study_from_flags
+from test_cli import CONFIGS, tiny_flags
+
+STUDIES = sorted((CONFIGS / "studies").glob("*.yaml"))
+
+
+def tiny_study_flags(tmp_path: Path) -> dict[str, str]:
+    """test_cli's tiny fit flags as a study's shared flags (the study sets the rest)."""
+    flags = tiny_flags(tmp_path, steps=2)
+    pairs = dict(zip(flags[::2], flags[1::2]))
+    for own in ("--config", "--run_name", "--wandb_mode", "--trainer.default_root_dir", "--trainer.max_steps"):
+        pairs.pop(own)
+    pairs["--trainer.val_check_interval"] = "1"
+    return {k.lstrip("-"): v for k, v in pairs.items()}
+
+
+def write_study(tmp_path: Path, variants: dict, name: str = "tiny") -> Path:
+    path = tmp_path / f"{name}.yaml"
+    study = {"name": name, "base": [str(CONFIGS / "quickstart.yaml")], "budget": {"max_steps": 2}, "seeds": [0], "flags": tiny_study_flags(tmp_path), "variants": variants}
+    path.write_text(json.dumps(study))  # JSON is YAML
+    return path
+
+
+# ---------------------------------------------------------------- study files and commands
+@pytest.mark.parametrize("path", STUDIES, ids=lambda p: p.stem)
+def test_every_study_file_builds_valid_fit_commands(path, tmp_path):
+    study = load_study(path)
+    assert study.name == path.stem
+    parser = None
+    for variant in study.variants:
+        cmd = fit_command(study, variant, study.seeds[0], tmp_path, "disabled")
+        assert cmd[1:4] == ["-m", "experiments.cli", "fit"]
+        if parser is None:  # build (and instantiate) the real CLI once, then parse the others
+            parser = cli_main(cmd[4:], run=False).parser  # run=False: no subcommand
+        config = parser.parse_args(cmd[4:])
+        assert config["study"] == study.name and config["run_name"] == f"{study.name}/{variant}/seed{study.seeds[0]}"
+        for key, value in study.variants[variant].items():  # the variant's flags reached the config
+            node = config
+            for part in key.split("."):
+                node = node[part] if part in node else node["init_args"][part]
+            assert node == value or node["class_path"] == value["class_path"], (variant, key)
+
+
+def test_optimizers_study_schedule_matches_the_budget():
+    study = load_study(CONFIGS / "studies" / "optimizers.yaml")
+    cosine = study.variants["adamw_cosine"]["model.lr_scheduler"]["init_args"]
+    assert cosine["total_steps"] == study.max_steps
+    assert study.variants["schedule_free"]["model.optimizer"]["class_path"] == "schedulefree.AdamWScheduleFree"
+
+
+def test_encodings_study_covers_every_encoding():
+    from modules.encodings import ENCODINGS
+
+    study = load_study(CONFIGS / "studies" / "encodings_arc1.yaml")
+    assert sorted(v["model.encoding"] for v in study.variants.values()) == sorted(ENCODINGS)
+    assert {tuple(v) for v in study.variants.values()} == {("model.encoding",)}  # nothing else differs
+
+
+def test_fit_command_sets_budget_seed_group_and_run_name(tmp_path):
+    study = Study(name="s", base=[str(CONFIGS / "quickstart.yaml")], variants={"a": {"model.encoding": ["rope_1d", "onehot_2d"]}},
+                  seeds=[3], max_steps=7, max_time="00:00:01:00", flags={"trainer.log_every_n_steps": 1, "model.encoding": "none"})  # fmt: skip
+    cmd = fit_command(study, "a", 3, tmp_path, "offline")
+    flags = dict(a[2:].split("=", 1) for a in cmd if a.startswith("--") and "=" in a)
+    assert flags["model.encoding"] == '["rope_1d", "onehot_2d"]'  # the variant wins over shared flags
+    assert flags["trainer.max_steps"] == "7" and flags["trainer.max_time"] == "00:00:01:00"
+    assert flags["seed_everything"] == "3" and flags["data.seed"] == "3"
+    assert flags["run_name"] == "s/a/seed3" and flags["study"] == "s" and flags["wandb_mode"] == "offline"
+    assert flags["trainer.default_root_dir"] == str(tmp_path / "runs")
+
+
+def test_variants_from_flags_are_the_cross_product(tmp_path):
+    args = compare.parser().parse_args(
+        ["--config", "configs/quickstart.yaml", "--encodings", "rope_1d,rope_2d", "--orders", "row_major,hilbert",
+         "--optimizers", "torch.optim.AdamW", "--seeds", "0,1", "--max_steps", "5", "--set", "trainer.val_check_interval=5"]
+    )  # fmt: skip
+    study = study_from_flags(args)
+    assert list(study.variants) == ["rope_1d-row_major-AdamW", "rope_1d-hilbert-AdamW", "rope_2d-row_major-AdamW", "rope_2d-hilbert-AdamW"]
+    assert study.variants["rope_2d-hilbert-AdamW"] == {"model.encoding": "rope_2d", "data.order": "hilbert", "model.optimizer": "torch.optim.AdamW"}
+    assert study.seeds == [0, 1] and study.max_steps == 5 and study.flags == {"trainer.val_check_interval": 5}
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ({"name": "x", "variants": {"a b": {}}}, "variant name 'a b' must be letters"),
+        ({"name": "x", "variants": {}}, "has no variants"),
+        ({"name": "x", "variants": {"a": {}}, "budget": {"steps": 3}}, "budget keys must be max_steps and/or max_time"),
+        ({"name": "x", "variants": {"a": {}}, "seed": [1]}, "unknown keys ['seed']"),
+        ({"name": "x", "variants": {"a": "rope_1d"}}, "variant 'a' must map flags to values"),
+        ({"name": "x", "variants": {"a": {}}, "budget": {"max_steps": 0}}, "budget.max_steps must be a positive integer"),
+    ],
+    ids=["bad-name", "no-variants", "bad-budget", "unknown-key", "bad-variant", "zero-steps"],
+)
+def test_bad_study_files_name_the_file_and_the_defect(tmp_path, content, message, capsys):
+    path = tmp_path / "bad.yaml"
+    path.write_text(json.dumps(content))
+    with pytest.raises(ValueError, match="bad.yaml: ") as err:
+        load_study(path)
+    assert message in str(err.value)
+    assert main(["--study", str(path)]) == 2
+    assert capsys.readouterr().err.startswith("gridlm-compare: error: ")
+
+
+# ---------------------------------------------------------------- reports from finished runs
+def fake_run(out: Path, study: str, variant: str, seed: int, loss: float, acc: float) -> None:
+    folder = out / "runs" / study / variant / f"seed{seed}" / "version_0"
+    folder.mkdir(parents=True)
+    validations = [{"step": s, "tokens_seen": 100 * s, "val/loss": loss + 1.0 / s, "val/cell_acc": acc} for s in (1, 2, 3)]
+    summary = {"status": "finished", "steps": 3, "tokens_seen": 300, "tokens_per_s": 50.0, "wall_time_s": 6.0,
+               "final": {"val/loss": validations[-1]["val/loss"], "val/cell_acc": acc, "val/exact_match": 0.0},
+               "best": {"val/loss": {"value": validations[-1]["val/loss"]}}, "validations": validations}  # fmt: skip
+    (folder / "run_summary.json").write_text(json.dumps(summary))
+
+
+def test_finished_runs_are_skipped_and_reported_with_mean_and_std(tmp_path, monkeypatch):
+    study = Study(name="s", base=[str(CONFIGS / "quickstart.yaml")], variants={"a": {}, "b": {}}, seeds=[0, 1])
+    out = tmp_path / "out"
+    for variant, seed, loss in [("a", 0, 1.0), ("a", 1, 2.0), ("b", 0, 3.0), ("b", 1, 3.0)]:
+        fake_run(out, "s", variant, seed, loss, acc=0.25 * (seed + 1))
+
+    def no_subprocess(*args, **kwargs):
+        raise AssertionError("a finished run was run again")
+
+    monkeypatch.setattr(subprocess, "run", no_subprocess)
+    rows = compare.compare(study, out, wandb_mode="disabled")
+    assert [r["status"] for r in rows] == ["ok", "ok"]
+
+    md = (out / "results.md").read_text()
+    final_a = [1.0 + 1 / 3, 2.0 + 1 / 3]
+    assert f"| a | ok | 0,1 | {sum(final_a) / 2:.3f} ± {0.707:.3f} | 0.375 ± 0.177 |" in md  # stdev of (1.333, 2.333)
+    assert "| b | ok | 0,1 | 3.333 ± 0.000 |" in md
+    with open(out / "results.csv") as f:
+        table = list(csv.DictReader(f))
+    assert [(r["variant"], r["seed"], r["status"]) for r in table] == [("a", "0", "ok"), ("a", "1", "ok"), ("b", "0", "ok"), ("b", "1", "ok")]
+    assert float(table[1]["val_loss"]) == pytest.approx(2.0 + 1 / 3)
+
+    import matplotlib.image
+
+    image = matplotlib.image.imread(out / "curves.png")
+    assert image.shape[0] > 200 and image.shape[1] > 400
+
+
+# ---------------------------------------------------------------- a real tiny study
+@pytest.mark.slow
+def test_tiny_study_runs_reports_a_failure_and_skips_on_rerun(tmp_path, capsys):
+    path = write_study(tmp_path, {"rope_1d": {"model.encoding": "rope_1d"}, "rope_2d": {"model.encoding": "rope_2d"}, "broken": {"model.encoding": "no_such"}})
+    out = tmp_path / "out"
+    assert main(["--study", str(path), "--out", str(out), "--wandb_mode", "disabled"]) == 1  # one variant failed
+
+    md = (out / "results.md").read_text()
+    assert "| rope_1d | ok | 0 |" in md and "| rope_2d | ok | 0 |" in md
+    assert "| broken | failed: --model.encoding: 'no_such' is not one of" in md
+    with open(out / "results.csv") as f:
+        rows = {r["variant"]: r for r in csv.DictReader(f)}
+    assert rows["rope_1d"]["status"] == "ok" and int(rows["rope_1d"]["steps"]) == 2 and float(rows["rope_1d"]["val_loss"]) > 0
+    assert rows["broken"]["status"] == "failed" and "no_such" in rows["broken"]["reason"]
+    assert (out / "curves.png").stat().st_size > 10_000
+    summary = json.loads((out / "runs" / "tiny" / "rope_2d" / "seed0" / "version_0" / "run_summary.json").read_text())
+    assert summary["config"]["study"] == "tiny" and summary["config"]["seed_everything"] == 0
+    assert len(summary["validations"]) == 2
+
+    capsys.readouterr()
+    assert main(["--study", str(path), "--out", str(out), "--wandb_mode", "disabled"]) == 1
+    log = capsys.readouterr().out
+    assert "rope_1d seed 0: already finished" in log and "rope_2d seed 0: already finished" in log
+    assert "broken seed 0: running" in log  # a failed run is tried again
+    assert not (out / "runs" / "tiny" / "rope_1d" / "seed0" / "version_1").exists()
