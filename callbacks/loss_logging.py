@@ -17,8 +17,8 @@ Every ``every_n_steps`` batches it logs
 ``train/pad_fraction`` is logged by the module itself. Per-step work stays on the device
 (running sums); values are read to the host only at the logging interval.
 
-At the end of fit it writes ``run_summary.json`` into ``trainer.log_dir``: final and best
-validation metrics, every validation with the tokens seen at that point, wall time, tokens seen,
+At the end of fit it writes ``run_summary.json`` into ``trainer.log_dir``: final and best validation
+metrics, every validation with the tokens seen at that point, wall time, tokens seen,
 the resolved config and its hash, package versions and the git commit. A run that raises
 writes the file too, with ``status`` ``failed``. ``gridlm-compare`` reads these files.
 """
@@ -81,6 +81,7 @@ class LossLogging(L.Callback):
         self.tokens_seen = 0  # real tokens of every training batch, all ranks
         self.validations: list[dict] = []  # one entry per validation (sanity check excluded)
         self.train_time = 0.0  # seconds of training (validation excluded)
+        self._log_dir: Optional[str] = None  # trainer.log_dir, read on every rank at fit start
         self._reset_device_state()
 
     def _reset_device_state(self) -> None:
@@ -104,6 +105,9 @@ class LossLogging(L.Callback):
             )
 
     def on_fit_start(self, trainer, pl_module) -> None:
+        # ``trainer.log_dir`` is a collective (a broadcast from rank 0) under DDP: read it here, on
+        # every rank, never inside the rank-zero-only write (rank 0 alone would wait forever)
+        self._log_dir = trainer.log_dir
         self._fit_start = time.perf_counter()
         self._mark = time.perf_counter()  # start of the current logging window
         self._window_val_time = 0.0  # validation seconds inside the window
@@ -217,16 +221,17 @@ class LossLogging(L.Callback):
             "final": final,
             "best": best,
             "validations": self.validations,
-            "log_dir": trainer.log_dir,
+            "log_dir": self._log_dir,
         }
         out.update(run_metadata(getattr(pl_module, "resolved_config", None)))
         return out
 
     @rank_zero_only
     def _write(self, trainer, pl_module, status: str, error: Optional[str] = None) -> Optional[Path]:
-        if trainer.log_dir is None:
+        log_dir = self._log_dir  # None: fit never started, or no logger
+        if log_dir is None:
             return None
-        path = Path(trainer.log_dir) / self.summary_file
+        path = Path(log_dir) / self.summary_file
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".json.tmp")
         tmp.write_text(json.dumps(self.summary(trainer, pl_module, status, error), indent=2, default=str))

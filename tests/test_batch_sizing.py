@@ -21,7 +21,7 @@ from callbacks.batch_sizing import (
 )
 from datamodules.datamodule import GridDataModule
 from modules.base_model import AutoregressiveGridModel
-from tests.test_cli import read_metrics, tiny_flags
+from test_cli import read_metrics, tiny_flags
 
 # ---------------------------------------------------------------- the search, on simulated memory
 

@@ -13,7 +13,7 @@ from experiments import benchmark
 from modules.encodings import Positions
 from modules.encodings.base import check_below
 from modules.transformer import Transformer, TransformerConfig
-from tests.test_cli import read_metrics, tiny_flags
+from test_cli import read_metrics, tiny_flags
 
 TOY = benchmark.BenchConfig(
     repeats=1, fit_steps=1, warmup=1, d_model=16, n_layers=1, n_heads=2, batch_size=2, max_seq_len=256,
