@@ -195,7 +195,7 @@ class LossLogging(L.Callback):
         self.validations.append(entry)
 
     # ------------------------------------------------------------------ summary
-    def summary(self, trainer, pl_module, status: str = "finished", error: Optional[str] = None) -> dict:
+    def summary(self, trainer, pl_module, status: str = "finished", error: Optional[str] = None, log_dir: Optional[str] = None) -> dict:
         """The run summary as a dict (what ``run_summary.json`` holds)."""
         pending = int(self._tokens.sum().item()) if self._tokens is not None else 0
         tokens_seen = self.tokens_seen + pending
@@ -221,23 +221,26 @@ class LossLogging(L.Callback):
             "final": final,
             "best": best,
             "validations": self.validations,
-            "log_dir": self._log_dir,
+            "log_dir": log_dir,
         }
         out.update(run_metadata(getattr(pl_module, "resolved_config", None)))
         return out
 
+    def _write(self, trainer, pl_module, status: str, error: Optional[str] = None) -> None:
+        # every rank gets here; the folder read at fit start needs no collective (trainer.log_dir
+        # broadcasts under DDP, so it is read here only when fit failed before it started)
+        log_dir = self._log_dir if self._log_dir is not None else trainer.log_dir
+        if log_dir is not None:
+            self._write_file(Path(log_dir), trainer, pl_module, status, error)
+
     @rank_zero_only
-    def _write(self, trainer, pl_module, status: str, error: Optional[str] = None) -> Optional[Path]:
-        log_dir = self._log_dir  # None: fit never started, or no logger
-        if log_dir is None:
-            return None
-        path = Path(log_dir) / self.summary_file
+    def _write_file(self, log_dir: Path, trainer, pl_module, status: str, error: Optional[str]) -> None:
+        path = log_dir / self.summary_file
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(self.summary(trainer, pl_module, status, error), indent=2, default=str))
+        tmp.write_text(json.dumps(self.summary(trainer, pl_module, status, error, str(log_dir)), indent=2, default=str))
         tmp.replace(path)
         self.summary_path = path
-        return path
 
     def on_fit_end(self, trainer, pl_module) -> None:
         self._write(trainer, pl_module, "finished")

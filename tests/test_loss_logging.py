@@ -51,6 +51,7 @@ class _Stub:
             strategy=SimpleNamespace(reduce=lambda t, reduce_op: t),
             log_every_n_steps=1,
             sanity_checking=False,
+            log_dir=None,  # no logger: no run summary
         )
         self.module = SimpleNamespace(log=lambda k, v, **kw: self.logged.__setitem__(k, v), device=torch.device("cpu"))
 

@@ -141,7 +141,8 @@ def test_sigkill_then_ckpt_path_last_reproduces_the_uninterrupted_losses(tmp_pat
     assert proc.returncode == -signal.SIGKILL
     last = ckpt_dir(run) / "last.ckpt"
     killed_at = torch.load(last, weights_only=True)["global_step"]  # a complete file, never half written
-    assert 6 <= killed_at < steps, "the kill must land mid-run"
+    # ModelCheckpoint writes step=6.ckpt before it rewrites last.ckpt: the kill may land in between
+    assert 4 <= killed_at < steps, "the kill must land mid-run"
     resumed = subprocess.run([sys.executable, "-m", "experiments.cli", "fit", *flags(run, steps), "--ckpt_path", "last"],
                              cwd=tmp_path, env={**os.environ, "WANDB_MODE": "disabled"}, capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr[-2000:]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import struct
+import time
 import warnings
 from pathlib import Path
 
@@ -27,6 +28,8 @@ HEADER = 7  # b":W&B" + magic 0xBEE1 (2 bytes) + version (1 byte)
 
 def read_wandb_records(path: Path) -> list[pb.Record]:
     data = path.read_bytes()
+    if not data:  # created, nothing flushed yet
+        return []
     if data[:4] != b":W&B":
         raise ValueError(f"{path}: not a wandb transaction log (header {data[:4]!r})")
     records, pos, pending = [], HEADER, b""
@@ -54,8 +57,15 @@ def offline_run(log_dir: str) -> dict:
     """What the offline run holds: the last run record, merged config, metric summaries,
     history rows and uploaded file paths."""
     (path,) = Path(log_dir).glob("wandb/offline-run-*/run-*.wandb")
+    # wandb's service process writes the log asynchronously: ``finish()`` can return before the
+    # last records reach the file (seen on a loaded machine). The run is complete at its exit record.
+    deadline = time.monotonic() + 60
+    while not (records := read_wandb_records(path)) or records[-1].WhichOneof("record_type") != "exit":
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{path}: no exit record 60 s after the run finished")
+        time.sleep(0.2)
     out: dict = {"run": None, "config": {}, "summary_kind": {}, "history": [], "files": []}
-    for rec in read_wandb_records(path):
+    for rec in records:
         kind = rec.WhichOneof("record_type")
         if kind == "run":
             out["run"] = rec.run
