@@ -196,10 +196,11 @@ class Transformer(nn.Module):
             return None
         dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
         Tk = past + T
+        # the encodings' bias is a fresh tensor of this forward: the causal mask is written into it in place
         mask = torch.zeros(1, 1, T, Tk, dtype=dtype, device=x.device) if bias is None else bias.to(dtype)
         if self.cfg.causal and T > 1:
             above = torch.ones(T, Tk, dtype=torch.bool, device=x.device).triu(diagonal=past + 1)  # (T, Tk)
-            mask = mask.masked_fill(above, float("-inf"))
+            mask.masked_fill_(above, float("-inf"))
         if key_padding_mask is not None:
             pad = ~key_padding_mask[:, None, None, :]  # (B, 1, 1, Tk)
             mask = torch.where(pad, torch.tensor(float("-inf"), dtype=dtype, device=x.device), mask)  # (B, nh|1, T, Tk)

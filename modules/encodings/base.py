@@ -66,7 +66,9 @@ class RotaryEncoding(PositionalEncoding):
 class BiasEncoding(PositionalEncoding):
     slot = "bias"
 
-    def forward(self, q: Positions, k: Positions) -> Tensor:  # (B, n_heads, Tq, Tk)
+    def forward(self, q: Positions, k: Positions) -> Tensor:
+        """A fresh ``(B, n_heads, Tq, Tk)`` tensor (not a view of a cached or expanded one): the
+        transformer writes the causal and padding masks into it in place."""
         raise NotImplementedError
 
 

@@ -47,15 +47,17 @@ class Alibi2D(BiasEncoding):
         self.register_buffer("slopes", torch.tensor(alibi_slopes(n_heads), dtype=torch.float32), persistent=False)
 
     def forward(self, q: Positions, k: Positions) -> Tensor:
-        q_cell = (q.row >= 0) & (q.col >= 0) & (q.grid >= 0)  # (B, Tq)
-        k_cell = (k.row >= 0) & (k.col >= 0) & (k.grid >= 0)  # (B, Tk)
-        same = (q.grid[:, :, None] == k.grid[:, None, :]) & q_cell[:, :, None] & k_cell[:, None, :]  # (B, Tq, Tk)
+        # the grid of a cell, -1 (queries) / -2 (keys) otherwise, so that "two cells of one grid" is
+        # one (B, Tq, Tk) comparison
+        gq = torch.where((q.row >= 0) & (q.col >= 0), q.grid, -1)  # (B, Tq)
+        gk = torch.where((k.row >= 0) & (k.col >= 0), k.grid, -2)  # (B, Tk)
+        other = gq[:, :, None] != gk[:, None, :]  # (B, Tq, Tk)
         # float32 from the start and in place: one (B, Tq, Tk) buffer instead of five int64 temporaries
         qr, qc, kr, kc = (t.to(torch.float32) for t in (q.row, q.col, k.row, k.col))
         dist = (qr[:, :, None] - kr[:, None, :]).abs_()  # (B, Tq, Tk)
         dist += (qc[:, :, None] - kc[:, None, :]).abs_()
-        dist.masked_fill_(~same, 0.0)
-        return dist[:, None] * (-self.slopes)[None, :, None, None]  # (B, nh, Tq, Tk)
+        dist.masked_fill_(other, 0.0)
+        return dist[:, None] * (-self.slopes)[None, :, None, None]  # (B, nh, Tq, Tk), a fresh tensor
 
 
 __all__ = ["Alibi2D", "alibi_slopes"]
