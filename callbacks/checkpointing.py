@@ -223,6 +223,21 @@ def check_compatible(checkpoint: dict, model: torch.nn.Module, path: str) -> Non
         raise ValueError(f"checkpoint {path} does not match the model: " + "; ".join(diffs))
 
 
+def check_serialization(checkpoint: dict, datamodule: Any, path: str) -> None:
+    """Raise one ``ValueError`` line if the data would be serialized differently from the data the
+    checkpoint's model was trained on (``order``, ``row_end``): the model would read a grid in
+    one cell order and write it in another, and every metric would be wrong without an error."""
+    saved = checkpoint.get("hyper_parameters") or {}
+    diffs = [
+        f"{k}={saved[k]!r} in the checkpoint vs data.{k}={getattr(datamodule, k)!r}"
+        for k in ("order", "row_end")
+        if k in saved and hasattr(datamodule, k) and saved[k] != getattr(datamodule, k)
+    ]
+    if diffs:
+        fix = " ".join(f"--data.{k} {saved[k]}" for k in ("order", "row_end") if k in saved)
+        raise ValueError(f"checkpoint {path} was trained on other serialized data: {'; '.join(diffs)}; pass {fix}")
+
+
 def read_checkpoint(path: str) -> dict:
     """Read a checkpoint for inspection: memory-mapped, ``weights_only=True``, one-line errors."""
     if not Path(path).is_file():

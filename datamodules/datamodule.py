@@ -29,7 +29,7 @@ from datamodules.augment import IDENTITY, random_augmentation
 from datamodules.batching import BucketBatchSampler, collate
 from datamodules.resumable import ResumableDataLoader
 from datamodules.orders import OrderName
-from datamodules.serialize import max_augmented_length, serialize_example
+from datamodules.serialize import check_row_end, max_augmented_length, serialize_example
 from datamodules.tasks import Task, load_tasks
 from datamodules.tokens import TARGET_POLICIES, VOCAB_SIZE
 
@@ -195,6 +195,7 @@ class GridDataModule(L.LightningDataModule):
             raise ValueError(f"data.max_seq_len must be >= 16, got {max_seq_len}")
         if batch_size < 1:
             raise ValueError(f"data.batch_size must be >= 1, got {batch_size}")
+        check_row_end(order, row_end)  # at construction, not at the first batch (maybe in a worker)
         self.save_hyperparameters()
         self.source, self.val_source, self.predict_source = source, val_source, predict_source
         self.order, self.max_seq_len, self.batch_size, self.seed = order, max_seq_len, batch_size, seed

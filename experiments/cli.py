@@ -34,6 +34,7 @@ from callbacks.checkpointing import (
     AtomicCheckpointIO,
     FaultTolerance,
     check_compatible,
+    check_serialization,
     find_last_checkpoint,
     hparam_mismatches,
     read_checkpoint,
@@ -165,7 +166,10 @@ class GridLightningCLI(LightningCLI):
             if found is None:
                 return  # Lightning warns and starts from scratch
             cfg["ckpt_path"] = path = found
-        check_compatible(read_checkpoint(path), self.model, path)
+        checkpoint = read_checkpoint(path)
+        check_compatible(checkpoint, self.model, path)
+        if self.datamodule is not None:
+            check_serialization(checkpoint, self.datamodule, path)
 
     def _parse_ckpt_path(self) -> None:
         """Lightning replaces the model options with the checkpoint's hyperparameters; first make

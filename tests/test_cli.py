@@ -87,6 +87,17 @@ def test_validate_from_checkpoint_reproduces_end_of_fit_metrics(fitted, tmp_path
         assert val_metrics[k] == pytest.approx(v, abs=1e-5), k
 
 
+@pytest.mark.parametrize("flags", [["--data.order", "snake"], ["--data.row_end", "true"]], ids=["order", "row_end"])
+def test_validate_with_other_serialization_than_the_checkpoint_is_one_line(fitted, tmp_path, capsys, flags):
+    """The fit was row_major without ROW_END: another order would silently give wrong metrics."""
+    ckpt = fitted[0].trainer.checkpoint_callback.last_model_path
+    code = main(["validate", *tiny_flags(tmp_path), "--ckpt_path", ckpt, *flags])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1, err
+    assert err[0].startswith(f"gridlm: error: checkpoint {ckpt} was trained on other serialized data: ")
+    assert f"data.{flags[0].split('.')[1]}=" in err[0] and err[0].endswith("pass --data.order row_major --data.row_end False")
+
+
 def test_schedule_free_checkpoint_holds_averaged_weights(fitted, tmp_path):
     cli, _ = fitted
     trainer, module = cli.trainer, cli.model

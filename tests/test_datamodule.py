@@ -131,3 +131,8 @@ def test_empty_split_after_length_filter_is_a_clear_error():
     dm = GridDataModule(source="arc1", max_seq_len=16, max_tasks=5)
     with pytest.raises(ValueError, match="empty.*max_seq_len"):
         dm.setup("fit")
+
+
+def test_row_end_with_a_non_row_wise_order_fails_at_construction():
+    with pytest.raises(ValueError, match="row_end=True needs an order that visits whole rows.*got order='hilbert'"):
+        GridDataModule(source="synthetic", order="hilbert", row_end=True)
