@@ -39,7 +39,14 @@ from datamodules.tokens import ROLE_NAMES
 from modules.provenance import run_metadata
 
 SUMMARY_FILE = "run_summary.json"
-VAL_METRICS = {"val/loss": "min", "val/cell_acc": "max", "val/exact_match": "max"}  # best = min or max
+# best = min or max; a run records those its module logs (the refiner: loss and the exact matches)
+VAL_METRICS = {
+    "val/loss": "min",
+    "val/cell_acc": "max",
+    "val/exact_match": "max",
+    "val/exact_match_draft": "max",
+    "val/exact_match_refined": "max",
+}
 
 
 def effective_lr(group: dict) -> float:

@@ -270,6 +270,8 @@ class WandbTracking(L.Callback):
     def on_validation_end(self, trainer, pl_module) -> None:
         if trainer.sanity_checking or self._logger is None or self._failed or not self.images_every_n_val or not self.n_images:
             return
+        if not callable(getattr(pl_module, "panel_grids", None)):  # a module that draws no grids
+            return
         self._n_val += 1
         if self._n_val % self.images_every_n_val == 0:
             self._safe("logging the grid panel", self._log_grids, trainer, pl_module)
@@ -286,14 +288,11 @@ class WandbTracking(L.Callback):
         was_training = pl_module.training
         pl_module.eval()
         try:
-            decoded = pl_module.decode_batch(batch, rows)
+            panels = pl_module.panel_grids(batch, rows)  # [(labelled grids, caption)] per row
         finally:
             pl_module.train(was_training)
-        images, captions = [], []
-        for r, d in zip(rows, decoded):
-            meta = batch["meta"][r]
-            images.append(grids_to_image([("input", meta["query_input"]), ("target", meta["target"]), ("prediction", d.grid)]))
-            captions.append(f"{meta['task_id']} test {meta['query']}: {d.reason or 'ok'}")
+        images = [grids_to_image(grids) for grids, _ in panels]
+        captions = [caption for _, caption in panels]
         self._logger.log_image(key="val/grids", images=images, step=trainer.global_step, caption=captions)
 
     def on_fit_end(self, trainer, pl_module) -> None:

@@ -308,6 +308,17 @@ class AutoregressiveGridModel(L.LightningModule):
             results.update(zip(members, out))
         return [results[r] for r in rows]
 
+    @torch.no_grad()
+    def panel_grids(self, batch: dict, rows: Sequence[int]) -> list[tuple[list[tuple[str, object]], str]]:
+        """Per row, the labelled grids of a picture (input, target, greedy prediction) and a caption;
+        ``WandbTracking`` draws them."""
+        out = []
+        for r, d in zip(rows, self.decode_batch(batch, rows)):
+            meta = batch["meta"][r]
+            grids = [("input", meta["query_input"]), ("target", meta["target"]), ("prediction", d.grid)]
+            out.append((grids, f"{meta['task_id']} test {meta['query']}: {d.reason or 'ok'}"))
+        return out
+
     def predict_step(self, batch: dict, batch_idx: int) -> list[dict]:
         """Rows ``{task_id, test_index, attempts, reason}``: with ``n_votes > 1`` the top two
         voted grids, else the greedy grid. With ``ttt_steps > 0`` each task's rows are decoded

@@ -328,6 +328,19 @@ class RefinementNetwork(L.LightningModule):
     def test_step(self, batch: dict, batch_idx: int) -> None:
         self._eval_step(batch, "test")
 
+    def panel_grids(self, batch: dict, rows: Sequence[int]) -> list[tuple[list[tuple[str, object]], str]]:
+        """Per row, the labelled grids of a picture (input, target, draft, refined) and a caption;
+        ``WandbTracking`` draws them. Drafts come from the validation cache."""
+        sub = _rows(batch, rows)
+        drafts = self.eval_drafts(sub, "val")
+        refined = self.refine(sub, drafts)
+        out = []
+        for meta, d, g in zip(sub["meta"], drafts, refined):
+            grids = [("input", meta["query_input"]), ("target", meta["target"]), ("draft", d), ("refined", g)]
+            verdict = "refined ok" if same_grid(g, np.asarray(meta["target"])) else "refined wrong"
+            out.append((grids, f"{meta['task_id']} test {meta['query']}: {verdict}"))
+        return out
+
     def predict_step(self, batch: dict, batch_idx: int) -> list[dict]:
         """Draft with the base model, refine; rows as ``AutoregressiveGridModel.predict_step``
         with ``attempts = [refined, draft]`` (the draft only when it differs)."""

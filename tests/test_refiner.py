@@ -120,6 +120,24 @@ def test_zero_passes_return_the_draft_and_passes_stop_when_nothing_changes():
     assert all(a.shape == d.shape for a, d in zip(once, drafts))
 
 
+def test_panel_grids_show_input_target_draft_and_refined():
+    """What WandbTracking draws for a refiner run (it drew nothing: it asked for decode_batch)."""
+    from experiments.show import grids_to_image
+
+    batch = next(iter(_datamodule().val_dataloader()))
+    model = RefinementNetwork(**TINY, draft_ratio=0.0).eval()
+    panels = model.panel_grids(batch, [0, 2])
+    assert len(panels) == 2
+    for (grids, caption), r in zip(panels, [0, 2]):
+        meta = batch["meta"][r]
+        assert [label for label, _ in grids] == ["input", "target", "draft", "refined"]
+        np.testing.assert_array_equal(grids[1][1], meta["target"])
+        assert grids[2][1].shape == grids[3][1].shape == np.shape(meta["target"])
+        assert caption.startswith(f"{meta['task_id']} test {meta['query']}: refined ")
+        image = grids_to_image(grids)  # (H, W, 3)
+        assert image.shape[1] == 4 * image.shape[0] and image.shape[2] == 3
+
+
 def test_each_draft_is_decoded_once_per_epoch():
     dm = _datamodule(augment=True)
     model, fake = _refiner_with_fake_base(draft_ratio=1.0)
