@@ -62,6 +62,12 @@ def load_base_model(path: str, order: str, row_end: bool) -> AutoregressiveGridM
     if not Path(path).is_file():
         raise FileNotFoundError(f"model.base_checkpoint: no such file {path}")
     try:
+        hparams = torch.load(path, map_location="cpu", weights_only=True, mmap=True).get("hyper_parameters") or {}
+        if "draft_ratio" in hparams:  # the same tensor names and shapes would load silently
+            raise ValueError(
+                f"model.base_checkpoint: {path} is a RefinementNetwork checkpoint (bidirectional); "
+                "pass the AutoregressiveGridModel checkpoint that writes the drafts"
+            )
         base = AutoregressiveGridModel.load_from_checkpoint(path, map_location="cpu")
     except (KeyError, RuntimeError, EOFError, pickle.UnpicklingError) as err:
         raise ValueError(f"model.base_checkpoint: {path} is not an AutoregressiveGridModel checkpoint ({err})") from None

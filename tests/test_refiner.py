@@ -183,6 +183,14 @@ def test_missing_base_checkpoint_is_one_error_naming_option_and_path(tmp_path, c
     assert code == 2 and len(err) == 1 and "model.base_checkpoint" in err[0] and "nope.ckpt" in err[0], err
 
 
+def test_a_refiner_checkpoint_is_not_accepted_as_the_base(tmp_path):
+    refiner = RefinementNetwork(**TINY, draft_ratio=0.0)
+    path = tmp_path / "refiner.ckpt"
+    torch.save({"state_dict": refiner.state_dict(), "hyper_parameters": dict(refiner.hparams), "pytorch-lightning_version": L.__version__}, path)
+    with pytest.raises(ValueError, match=r"model.base_checkpoint: .*refiner.ckpt is a RefinementNetwork checkpoint"):
+        RefinementNetwork(**TINY, base_checkpoint=str(path))
+
+
 def test_base_checkpoint_must_match_the_data_order(tmp_path):
     path = _save_base(tmp_path / "base.ckpt", order="snake")
     with pytest.raises(ValueError, match="order='snake'.*order='row_major'"):
