@@ -1,10 +1,11 @@
 """``AutoregressiveGridModel``: next-token training on serialized grid tasks, greedy decoding.
 
 Training minimises cross-entropy on the supervised positions (``target_mask``, see
-``datamodules.tokens``). Validation logs ``val/loss`` (nats per supervised token),
-``val/cell_acc`` (teacher-forced accuracy on the test-output cells) and ``val/exact_match``
-(free-running greedy decoding of the test output, constrained to the grid grammar, for the
-first ``n_generate`` validation examples). With ``n_votes > 1`` those examples are also solved
+``datamodules.tokens``). Validation logs ``val/loss`` (nats per supervised token of the held-out
+query outputs; the demonstrations in the context are often training pairs), ``val/cell_acc``
+(teacher-forced accuracy on the query-output cells) and ``val/exact_match`` (free-running greedy
+decoding of the query output, constrained to the grid grammar, for the first ``n_generate``
+validation examples in loader order). With ``n_votes > 1`` those examples are also solved
 under augmentation voting (``modules.voting``) and ``val/pass1``/``val/pass2`` are logged;
 ``predict`` then writes the top two voted grids, optionally after per-task test-time training
 (``ttt_steps``, ``modules.ttt``).
@@ -108,7 +109,8 @@ class AutoregressiveGridModel(L.LightningModule):
             tie_embeddings: share the token embedding and the output head.
             order: serialization order (linked from ``data.order``), used when decoding.
             row_end: ROW_END tokens (linked from ``data.row_end``), used when decoding.
-            n_generate: validation examples decoded per validation for ``val/exact_match`` (0: none).
+            n_generate: validation examples decoded per validation for ``val/exact_match``: the
+                first ones in loader order, on each device (0: none).
             n_votes: augmentations each decoded test input is solved under (``modules.voting``);
                 1 = plain greedy decoding. Above 1, validation also logs ``val/pass1`` and
                 ``val/pass2`` and ``predict`` writes the top two voted grids as the two attempts.
@@ -154,6 +156,7 @@ class AutoregressiveGridModel(L.LightningModule):
         self.grad_clip, self.micro_batch_size = grad_clip, micro_batch_size
         self.skip_nonfinite, self.max_consecutive_nonfinite = skip_nonfinite, max_consecutive_nonfinite
         self.skipped_steps = self.consecutive_nonfinite = self.oom_events = 0
+        self._n_decoded = 0  # examples decoded for exact match in the current validation
         self.model = Transformer(self.cfg)
         self.optimizer_factory = optimizer or default_optimizer
         self.lr_scheduler_factory = lr_scheduler
@@ -253,16 +256,22 @@ class AutoregressiveGridModel(L.LightningModule):
 
     def _eval_step(self, batch: dict, stage: str) -> None:
         m = self.stage_metrics[stage]
-        losses, _, logits = self.token_losses(batch)
+        losses, roles, logits = self.token_losses(batch)
         B = batch["tokens"].shape[0]
-        m["loss"].update(losses.mean(), losses.numel())
+        # the held-out query outputs only: the demonstrations in the context are often training pairs
+        query = roles == ROLE_TEST_OUTPUT
+        if bool(query.any()):
+            m["loss"].update(losses[query])
         cells = (batch["role"][:, 1:] == ROLE_TEST_OUTPUT) & (batch["row"][:, 1:] >= 0)  # (B, T-1)
         correct = (logits.argmax(-1) == batch["tokens"][:, 1:])[cells].float()
         if correct.numel():
             m["cell_acc"].update(correct)
         self.log(f"{stage}/loss", m["loss"], on_epoch=True, prog_bar=True, batch_size=B)
         self.log(f"{stage}/cell_acc", m["cell_acc"], on_epoch=True, prog_bar=True, batch_size=B)
-        chosen = [i for i, meta in enumerate(batch["meta"]) if meta["index"] < self.n_generate]
+        # the first n_generate examples in loader order (validation batches are sorted by length,
+        # and limit_val_batches keeps only the first ones: choosing by dataset index decoded fewer)
+        chosen = list(range(min(B, self.n_generate - self._n_decoded)))
+        self._n_decoded += len(chosen)
         if chosen and self.voting.n_votes > 1:
             # the first vote is the identity augmentation: its decode is the plain greedy one
             results = vote(self.model, batch_prompts(batch, chosen, self.order, self.row_end), self.order, self.row_end, self.voting)
@@ -282,6 +291,12 @@ class AutoregressiveGridModel(L.LightningModule):
         if self.n_generate > 0 and self.voting.n_votes > 1:
             self.log(f"{stage}/pass1", m["pass1"], on_epoch=True, batch_size=B)
             self.log(f"{stage}/pass2", m["pass2"], on_epoch=True, prog_bar=True, batch_size=B)
+
+    def on_validation_epoch_start(self) -> None:
+        self._n_decoded = 0  # examples decoded for exact match in this validation (this device)
+
+    def on_test_epoch_start(self) -> None:
+        self._n_decoded = 0
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         self._eval_step(batch, "val")

@@ -1,0 +1,52 @@
+"""AutoregressiveGridModel validation: what ``val/loss`` averages and which examples are decoded."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from datamodules.datamodule import GridDataModule
+from datamodules.tokens import ROLE_TEST_OUTPUT
+from modules.base_model import AutoregressiveGridModel, positions_of
+
+
+@pytest.fixture(scope="module")
+def val_batches():
+    dm = GridDataModule(source="synthetic", n_synthetic=12, synthetic_max_side=4, max_seq_len=256, batch_size=4, max_val_examples=12)
+    dm.setup("fit")
+    return list(dm.val_dataloader())
+
+
+def test_val_loss_averages_the_query_output_tokens_only(val_batches):
+    """Demonstration outputs in the context are supervised in training and are often training pairs;
+    val/loss is the mean loss of the held-out query-output targets, computed here by hand."""
+    model = AutoregressiveGridModel(max_seq_len=256, d_model=16, n_layers=1, n_heads=2, n_generate=0).eval()
+    expected = []
+    with torch.no_grad():
+        for i, batch in enumerate(val_batches):
+            model.validation_step(batch, i)
+            logits = model.model(batch["tokens"], positions_of(batch))[:, :-1]
+            keep = batch["target_mask"][:, 1:] & (batch["role"][:, 1:] == ROLE_TEST_OUTPUT)
+            demo = batch["target_mask"][:, 1:] & ~keep
+            assert keep.any() and demo.any()  # both kinds are supervised: the filter matters
+            expected.append(F.cross_entropy(logits[keep].float(), batch["tokens"][:, 1:][keep], reduction="none"))
+    got = float(model.stage_metrics["val"]["loss"].compute())
+    assert got == pytest.approx(float(torch.cat(expected).mean()), rel=1e-5)
+
+
+def test_n_generate_decodes_the_first_examples_in_loader_order_each_validation(val_batches, monkeypatch):
+    """Validation batches are sorted by length: the decoded examples are the first n_generate the
+    loader yields (choosing dataset indices < n_generate decoded fewer under limit_val_batches)."""
+    model = AutoregressiveGridModel(max_seq_len=256, d_model=16, n_layers=1, n_heads=2, n_generate=6).eval()
+    decoded = []
+    original = model.decode_batch
+    monkeypatch.setattr(model, "decode_batch", lambda batch, rows: decoded.extend(batch["meta"][r]["index"] for r in rows) or original(batch, rows))
+    for _ in range(2):  # two validations, each decodes 6
+        model.on_validation_epoch_start()
+        with torch.no_grad():
+            for i, batch in enumerate(val_batches[:2]):  # as limit_val_batches=2 would
+                model.validation_step(batch, i)
+    first = [m["index"] for b in val_batches[:2] for m in b["meta"]][:6]
+    assert decoded == first + first
+    assert sorted(first) != list(range(6)), "precondition: loader order is not dataset order"
