@@ -109,12 +109,13 @@ def test_schedule_free_checkpoint_holds_averaged_weights(fitted, tmp_path):
     assert opt.param_groups[0]["train_mode"], "saving must leave training mode as it was"
     opt.eval()  # parameters are now x, the schedule-free average
     x = module.state_dict()
-    saved = torch.load(path, weights_only=True)["state_dict"]
+    checkpoint = torch.load(path, weights_only=True)
+    saved = checkpoint["state_dict"]
     differs = [k for k in x if not torch.equal(x[k], y[k])]
     assert differs, "x and y should differ after training"
     for k in x:
         torch.testing.assert_close(saved[k], x[k])
-    assert saved["optimizer_states"][0]["param_groups"][0]["train_mode"] is False if "optimizer_states" in saved else True
+    assert checkpoint["optimizer_states"][0]["param_groups"][0]["train_mode"] is False  # saved in eval mode
 
 
 def test_fit_on_real_arc1(tmp_path):
