@@ -196,3 +196,23 @@ def test_fit_trains_with_every_order(order, tmp_path):
     assert cli.model.order == order
     metrics = read_metrics(cli.trainer.log_dir)
     assert len(metrics["train/loss"]) == 2 and "val/exact_match" in metrics
+
+
+TOP_CONFIGS = sorted(p.name for p in CONFIGS.glob("*.yaml"))
+ENCODING_CONFIGS = sorted(p.name for p in (CONFIGS / "encodings").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("name", TOP_CONFIGS, ids=TOP_CONFIGS)
+def test_every_config_file_builds(name, tmp_path):
+    """Each top-level config instantiates its model, data module and trainer through the CLI."""
+    extra = ["--model.draft_ratio", "0.0"] if name == "refiner.yaml" else []  # no base checkpoint here
+    cli = cli_main(["--config", str(CONFIGS / name), "--trainer.default_root_dir", str(tmp_path), "--wandb_mode", "disabled", *extra], run=False)
+    assert cli.model.hparams["max_seq_len"] == cli.datamodule.max_seq_len
+    assert cli.model.hparams["order"] == cli.datamodule.order
+
+
+@pytest.mark.parametrize("name", ENCODING_CONFIGS, ids=ENCODING_CONFIGS)
+def test_every_encoding_config_builds_on_the_quickstart(name, tmp_path):
+    cli = cli_main(["--config", str(CONFIGS / "quickstart.yaml"), "--config", str(CONFIGS / "encodings" / name),
+                    "--trainer.default_root_dir", str(tmp_path), "--wandb_mode", "disabled"], run=False)  # fmt: skip
+    assert "+".join(cli.model.model.cfg.encoding_names) == name.removesuffix(".yaml")

@@ -5,7 +5,8 @@
   runs are not bit-equal: final ``val/loss`` must agree within 1 % (measured: 0.08 % after 6
   steps) and ``val/cell_acc`` within 0.05.
 - validation metrics are synced across ranks: the DDP run's ``val/*`` (each rank saw half of
-  the 8 validation examples) equal a single-process validation of its last checkpoint (1e-5).
+  the 8 validation examples, and decoded all of its half) equal a single-process validation of
+  its last checkpoint (1e-5).
 - only rank 0 writes: one CSV version folder, one ``metrics.csv``, one wandb (offline) run, one
   ``run_summary.json`` (the log folder is resolved on every rank, so the write cannot deadlock).
 """
@@ -24,10 +25,13 @@ from experiments.cli import cli_main
 from test_cli import read_metrics, tiny_flags
 
 STEPS = 6
+# n_generate counts decodes per device in loader order: decoding every validation example (8)
+# makes the DDP run and the single process decode the same examples
+DECODE_ALL = {"--model.n_generate": "8"}
 
 
 def _fit(root: Path, *extra: str, batch_size: int) -> subprocess.CompletedProcess:
-    flags = tiny_flags(root, steps=STEPS, **{"--data.batch_size": str(batch_size), "--wandb_mode": "offline"})
+    flags = tiny_flags(root, steps=STEPS, **{"--data.batch_size": str(batch_size), "--wandb_mode": "offline", **DECODE_ALL})
     env = {**os.environ, "WANDB_MODE": "offline", "WANDB_DIR": str(root), "WANDB_SILENT": "true"}
     return subprocess.run([sys.executable, "-m", "experiments.cli", "fit", *flags, *extra], cwd=root.parent, env=env,
                           capture_output=True, text=True, timeout=900)
@@ -61,7 +65,7 @@ def test_ddp_two_cpu_ranks_match_one_process(tmp_path):
 
     # synced validation: the whole validation set, as one process sees it
     ckpt = log_dir / "checkpoints" / "last.ckpt"
-    val = cli_main(["validate", *tiny_flags(tmp_path / "val", **{"--data.batch_size": "4"}), "--ckpt_path", str(ckpt)])
+    val = cli_main(["validate", *tiny_flags(tmp_path / "val", **{"--data.batch_size": "4", **DECODE_ALL}), "--ckpt_path", str(ckpt)])
     one = {k: float(v) for k, v in val.trainer.callback_metrics.items() if k.startswith("val/")}
     assert one["val/loss"] == pytest.approx(m_ddp["val/loss"][-1], abs=1e-5)
     assert one["val/cell_acc"] == pytest.approx(m_ddp["val/cell_acc"][-1], abs=1e-6)
