@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from modules.encodings import EncodingStack, Positions, apply_rotary
+from modules.encodings import EncodingStack, Positions, apply_rotary_signed, signed_sin
 from modules.encodings.registry import parse_encoding_names
 
 
@@ -90,8 +90,8 @@ class Attention(nn.Module):
         k = k.view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, nh, T, hs)
         v = v.view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, nh, T, hs)
         if rot is not None:
-            cos, sin = rot
-            q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+            cos, sin_signed = rot  # (B, 1, T, hs) each, see Transformer.hidden
+            q, k = apply_rotary_signed(q, cos, sin_signed), apply_rotary_signed(k, cos, sin_signed)
         past = 0
         if cache is not None:
             past = cache.length
@@ -173,8 +173,8 @@ class Transformer(nn.Module):
             x = x + add.to(x.dtype)
         x = self.drop(x)
         rot = self.encodings.rotary(positions)
-        if rot is not None:
-            rot = (rot[0].to(x.dtype), rot[1].to(x.dtype))
+        if rot is not None:  # once per forward: cast, and the sign of rotate_half folded into sin
+            rot = (rot[0].to(x.dtype), signed_sin(rot[1]).to(x.dtype))
         key_pos = positions if cache is None or cache.positions is None else Positions.cat(cache.positions, positions)
         past = 0 if cache is None else cache.length
         mask = self.attn_mask(self.encodings.bias(positions, key_pos), key_padding_mask, tokens.size(1), past, x)

@@ -10,7 +10,16 @@ import pytest
 import torch
 import yaml
 
-from modules.encodings import ENCODINGS, EncodingName, EncodingStack, Positions, apply_rotary, parse_encoding_names
+from modules.encodings import (
+    ENCODINGS,
+    EncodingName,
+    EncodingStack,
+    Positions,
+    apply_rotary,
+    apply_rotary_signed,
+    parse_encoding_names,
+    signed_sin,
+)
 from modules.encodings import reference as ref
 from modules.encodings.additive import quadtree_code
 from modules.encodings.bias import alibi_slopes
@@ -302,6 +311,8 @@ def test_rotated_qk_match_complex_rotation(name):
     else:
         angles = [ref.rope_angles_2d(int(r), int(c), hs) for r, c in zip(p.row.reshape(-1), p.col.reshape(-1))]
     torch.testing.assert_close(apply_rotary(q, cos, sin), ref.rotate(q, angles), atol=1e-5, rtol=1e-5)
+    # the transformer's fast path (sign folded into sin once per forward) is the same rotation
+    torch.testing.assert_close(apply_rotary_signed(q, cos, signed_sin(sin)), apply_rotary(q, cos, sin), atol=1e-6, rtol=1e-6)
 
 
 def test_rope_2d_pairs_depend_only_on_row_or_only_on_col():

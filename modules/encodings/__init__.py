@@ -7,6 +7,8 @@ from modules.encodings.base import (
     Positions,
     RotaryEncoding,
     apply_rotary,
+    apply_rotary_signed,
+    signed_sin,
 )
 from modules.encodings.registry import ENCODINGS, EncodingName, EncodingStack, parse_encoding_names
 
@@ -20,5 +22,7 @@ __all__ = [
     "Positions",
     "RotaryEncoding",
     "apply_rotary",
+    "apply_rotary_signed",
     "parse_encoding_names",
+    "signed_sin",
 ]
