@@ -50,8 +50,12 @@ class Decoded:
 class _Grammar:
     """State of one sequence: which tokens may come next and the metadata of each emitted one."""
 
-    def __init__(self, order: str, row_end: bool, max_side: int) -> None:
+    def __init__(self, order: str, row_end: bool, max_side: int, room: int | None = None) -> None:
+        """``room``: how many tokens the sequence limit leaves for the grid (None: no limit). Only
+        shapes whose ``h*w`` cells, row ends and the three markers fit are allowed, so a grid is
+        always finished when a 1x1 grid fits."""
         self.order, self.row_end, self.max_side = order, row_end, max_side
+        self.room = room
         self.h = self.w = 0
         self.cells: np.ndarray | None = None
         self.plan: list[tuple[int, int, int]] = []  # (forced token or -1 for a colour, row, col) after the shape
@@ -62,13 +66,22 @@ class _Grammar:
     def allowed(self) -> tuple[int, int] | int:
         """A token range [lo, hi) of allowed tokens, or one forced token."""
         if self.step == 0:
-            return (HEIGHT_0 + 1, HEIGHT_0 + self.max_side + 1)
+            return (HEIGHT_0 + 1, HEIGHT_0 + self._fits(1, per_row=True) + 1)
         if self.step == 1:
-            return (WIDTH_0 + 1, WIDTH_0 + self.max_side + 1)
+            return (WIDTH_0 + 1, WIDTH_0 + self._fits(self.h, per_row=False) + 1)
         if self.done:
             return PAD
         tok, _, _ = self.plan[self.step - 2]
         return (0, N_COLOURS) if tok < 0 else tok
+
+    def _fits(self, n: int, per_row: bool) -> int:
+        """The largest height (``per_row``: with width 1) or width (for height ``n``) whose grid of
+        ``2 + h*w + [h row ends] + 1`` tokens fits ``room``; at least 1 (then the limit is reported)."""
+        if self.room is None:
+            return self.max_side
+        free = self.room - 3  # HEIGHT, WIDTH, GRID_END
+        best = free // (1 + self.row_end) if per_row else (free - self.row_end * n) // n
+        return max(1, min(self.max_side, best))
 
     def emit(self, token: int) -> tuple[int, int]:
         """Record ``token``; return the (row, col) metadata it carries."""
@@ -117,7 +130,7 @@ def generate_grids(
     device = tokens.device
     max_len = max_len or model.cfg.max_seq_len
     budget = 2 + max_side * max_side + (max_side if row_end else 0) + 1
-    states = [_Grammar(order, row_end, max_side) for _ in range(B)]
+    states = [_Grammar(order, row_end, max_side, room=max_len - P) for _ in range(B)]
     logp = torch.zeros(B, dtype=torch.float64)
     grid_idx = positions.grid[:, -1]  # the OUTPUT marker's grid index, (B,)
     seq_tok, seq_pos = tokens, positions

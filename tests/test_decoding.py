@@ -76,5 +76,13 @@ def test_grammar_forces_shape_cells_and_end_and_reports_the_sequence_limit():
     P = tokens.shape[1]
     full = generate_grids(PreferBig(P + 1000), tokens, pos, "snake", use_cache=False)
     assert all(d.grid is not None and d.grid.shape == (30, 30) and (d.grid == 3).all() for d in full)
-    cut = generate_grids(PreferBig(P + 100), tokens, pos, "snake", use_cache=False)
-    assert all(d.grid is None and "sequence limit" in d.reason and d.n_tokens == 100 for d in cut)
+    # 100 tokens of room: only shapes that fit are allowed (height 30 leaves widths 1..3, 1..2 with
+    # row ends); the model's favourite 30 is not among them, so the grid is narrow but finished
+    for kw, widths in ((dict(order="snake"), (1, 2, 3)), (dict(order="row_major", row_end=True), (1, 2))):
+        for d in generate_grids(PreferBig(P + 100), tokens, pos, use_cache=False, **kw):
+            h, w = d.grid.shape
+            assert d.reason is None and h == 30 and w in widths, (kw, d.grid.shape)
+            assert d.n_tokens == 2 + h * w + (h if kw.get("row_end") else 0) + 1 <= 100
+    # not even a 1x1 grid fits (4 tokens): the limit is reported, nothing raises
+    tiny = generate_grids(PreferBig(P + 3), tokens, pos, "snake", use_cache=False)
+    assert all(d.grid is None and "sequence limit" in d.reason and d.n_tokens == 3 for d in tiny)
