@@ -50,7 +50,8 @@ def test_failing_wandb_init_leaves_training_and_csv(tmp_path, monkeypatch):
 @pytest.mark.slow
 def test_bad_key_and_unreachable_server_in_a_real_process(tmp_path):
     """WANDB_MODE=online, a bogus key, WANDB_BASE_URL on a closed port: the run finishes with
-    metrics in CSV and exactly one wandb warning; wandb gives up within seconds."""
+    metrics in CSV and exactly one wandb warning. The subprocess timeout only catches a hang; how
+    fast wandb gives up (about 7 s here) is printed, not asserted (the machine may be loaded)."""
     env = {
         **os.environ,
         "WANDB_MODE": "online",
