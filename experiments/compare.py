@@ -336,7 +336,7 @@ def plot_curves(study: Study, records: list[dict], path: Path) -> None:
             ax.plot(x, np.nanmean(y, 0), marker="o", markersize=3, color=colour, label=variant)
             if len(runs) > 1:
                 ax.fill_between(x, np.nanmin(y, 0), np.nanmax(y, 0), color=colour, alpha=0.2)
-    for ax, key in zip(axes, ("val/loss (nats per supervised token)", "val/cell_acc (test-output cells)")):
+    for ax, key in zip(axes, ("val/loss (nats per test-output token)", "val/cell_acc (test-output cells)")):
         ax.set_xlabel("training tokens seen")
         ax.set_ylabel(key)
         ax.grid(alpha=0.3)

@@ -13,6 +13,7 @@ under augmentation voting (``modules.voting``) and ``val/pass1``/``val/pass2`` a
 
 from __future__ import annotations
 
+import contextlib
 from typing import Callable, Iterable, Optional, Sequence, Union
 
 import lightning as L
@@ -236,14 +237,26 @@ class AutoregressiveGridModel(L.LightningModule):
         over every supervised token of the batch. Returns the loss and per-token losses/roles."""
         size = self.micro_batch_size or batch["tokens"].shape[0]
         total, all_losses, all_roles = 0.0, [], []
-        for part in split_batch(batch, size):
+        parts = list(split_batch(batch, size))
+        for i, part in enumerate(parts):
             losses, roles, _ = self.token_losses(part)
             part_loss = losses.sum() / n_targets
-            self.manual_backward(part_loss)
+            # under DDP only the last backward all-reduces: one collective per step on every rank,
+            # however many micro-batches each rank needs (a partial batch, a halved micro-batch)
+            with self._gradient_sync(last=i == len(parts) - 1):
+                self.manual_backward(part_loss)
             total = total + part_loss.detach()
             all_losses.append(losses.detach())
             all_roles.append(roles)
         return torch.as_tensor(total), torch.cat(all_losses), torch.cat(all_roles)
+
+    def _gradient_sync(self, last: bool):
+        """No gradient all-reduce for this backward unless ``last`` (DDP's ``no_sync`` through the
+        strategy); a no-op on one device."""
+        strategy = self._trainer.strategy if self._trainer is not None else None
+        if last or not hasattr(strategy, "block_backward_sync"):
+            return contextlib.nullcontext()
+        return strategy.block_backward_sync()
 
     def shrink_micro_batch(self, batch_rows: int) -> bool:
         """Halve the micro-batch after an out-of-memory error; False when it is already 1."""

@@ -100,10 +100,13 @@ def signed_sin(sin: Tensor) -> Tensor:
 
 
 def apply_rotary_signed(x: Tensor, cos: Tensor, sin_signed: Tensor) -> Tensor:
-    """:func:`apply_rotary` with ``sin_signed = signed_sin(sin)``: one copy (the half swap) and one
-    fused multiply-add instead of a negation, a copy, two products and a sum."""
+    """:func:`apply_rotary` with ``sin_signed = signed_sin(sin)``: no negation pass over ``x``.
+    Not ``torch.addcmul``: with it a resumed run's weights differed from an uninterrupted run's in
+    the last bits (tests/test_resume.py), most likely because the CPU kernel fuses the
+    multiply-add (one rounding) in vectorized lanes and not in the scalar tail, so an element's
+    rounding depends on memory alignment. Separate products and a sum round the same way always."""
     x1, x2 = x.chunk(2, dim=-1)
-    return torch.addcmul(x * cos, torch.cat((x2, x1), dim=-1), sin_signed).to(x.dtype)
+    return (x * cos + torch.cat((x2, x1), dim=-1) * sin_signed).to(x.dtype)
 
 
 def check_below(values: Tensor, limit: int, field: str, encoding: str, fix: str, low: int | None = None) -> None:
