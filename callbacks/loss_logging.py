@@ -251,10 +251,12 @@ class LossLogging(L.Callback):
 
     def on_fit_end(self, trainer, pl_module) -> None:
         self._write(trainer, pl_module, "finished")
+        self._log_dir = None  # a later fit of the same callback resolves its own folder
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
         if trainer.state.fn == "fit":
             self._write(trainer, pl_module, "failed", " ".join(f"{type(exception).__name__}: {exception}".split()))
+            self._log_dir = None
 
     # ------------------------------------------------------------------ resume
     def state_dict(self) -> dict:

@@ -32,6 +32,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from callbacks.checkpointing import (
     AtomicCheckpointIO,
+    MODEL_FIELDS,
     FaultTolerance,
     check_compatible,
     check_serialization,
@@ -175,19 +176,32 @@ class GridLightningCLI(LightningCLI):
             check_serialization(checkpoint, self.datamodule, path)
 
     def _parse_ckpt_path(self) -> None:
-        """Lightning replaces the model options with the checkpoint's hyperparameters; first make
-        sure none the user set (a value other than its default) disagrees with them."""
+        """Lightning replaces every model option with the checkpoint's hyperparameters. First make
+        sure no architecture option the user set (a value other than its default) disagrees with
+        them; afterwards put back the other options the user set (``n_votes``, ``ttt_steps``,
+        ``n_generate``, ``n_passes``, ...): they choose how the weights are used, and the
+        checkpoint's values silently replaced them (``predict --model.n_votes 8`` decoded greedily).
+        Serialization options are checked against the checkpoint later (``check_serialization``)."""
         sub = self.config.get("subcommand")
         path = self.config[sub].get("ckpt_path") if sub else None
+        user_set: dict = {}
         if path is not None and path not in ("last", "best", "hpc") and "://" not in str(path):
             saved = read_checkpoint(path).get("hyper_parameters") or {}
             model = self.config[sub].get("model")
             if saved and model is not None and model.get("class_path"):
                 requested = dict(vars(model.get("init_args") or {}))
-                diffs = hparam_mismatches(saved, requested, _init_defaults(model["class_path"]))
+                defaults = _init_defaults(model["class_path"])
+                diffs = hparam_mismatches(saved, requested, defaults)
                 if diffs:
                     raise ValueError(f"checkpoint {path} does not match the model: " + "; ".join(diffs))
+                user_set = {
+                    k: v
+                    for k, v in requested.items()
+                    if k in saved and k in defaults and k not in MODEL_FIELDS and repr(v) != repr(defaults[k])
+                }
         super()._parse_ckpt_path()
+        for k, v in user_set.items():
+            self.config[sub]["model"]["init_args"][k] = v
 
 
 def _latest_version(folder: Path) -> int:

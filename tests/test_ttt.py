@@ -148,6 +148,8 @@ def test_gridlm_predict_with_voting_and_ttt_writes_a_submission_and_demo_draws_i
     out = tmp_path / "sub.json"
     extra = {"--model.n_votes": "2", "--model.ttt_steps": "2", "--data.max_tasks": "3", "--data.synthetic_max_side": "3"}
     pred = cli_main(["predict", *tiny_flags(tmp_path, **extra), "--ckpt_path", ckpt, "--submission.out", str(out)])
+    # the predict options win over the checkpoint's hyperparameters (Lightning overlays those)
+    assert (pred.model.voting.n_votes, pred.model.ttt.steps) == (2, 2)
     sub = json.loads(out.read_text())
     assert len(sub) == 3 and all({"attempt_1", "attempt_2"} <= set(e) for v in sub.values() for e in v)
     saved = torch.load(ckpt, weights_only=True)["state_dict"]
