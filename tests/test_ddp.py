@@ -73,3 +73,55 @@ def test_ddp_two_cpu_ranks_match_one_process(tmp_path):
     assert one["val/loss"] == pytest.approx(m_ddp["val/loss"][-1], abs=1e-5)
     assert one["val/cell_acc"] == pytest.approx(m_ddp["val/cell_acc"][-1], abs=1e-6)
     assert one["val/exact_match"] == pytest.approx(m_ddp["val/exact_match"][-1], abs=1e-6)
+
+
+ALLREDUCE_PROBE = '''
+import json, sys
+import lightning as L
+import torch
+from callbacks.schedule_free import ScheduleFreeMode
+from datamodules.datamodule import GridDataModule
+from modules.base_model import AutoregressiveGridModel
+
+
+class Probe(L.Callback):
+    """Rank 0 splits each step into 2 micro-batches, rank 1 into 1; count gradient all-reduces."""
+
+    def on_train_start(self, trainer, pl_module):
+        self.calls = 0
+        pl_module.micro_batch_size = 1 if trainer.global_rank == 0 else None
+
+        def hook(state, bucket):
+            self.calls += 1
+            return torch.distributed.algorithms.ddp_comm_hooks.default_hooks.allreduce_hook(None, bucket)
+
+        trainer.strategy.model.register_comm_hook(None, hook)
+
+    def on_train_end(self, trainer, pl_module):
+        weights = sum(float(p.double().sum()) for p in pl_module.parameters())
+        out = {"calls": self.calls, "steps": trainer.global_step, "weights": weights}
+        open(f"{sys.argv[1]}/rank{trainer.global_rank}.json", "w").write(json.dumps(out))
+
+
+if __name__ == "__main__":
+    L.seed_everything(0)
+    data = GridDataModule(source="synthetic", n_synthetic=12, synthetic_max_side=5, max_seq_len=512, batch_size=2)
+    model = AutoregressiveGridModel(d_model=16, n_layers=1, n_heads=2, max_seq_len=512, n_generate=0)
+    L.Trainer(strategy="ddp", devices=2, accelerator="cpu", max_steps=4, logger=False, enable_checkpointing=False,
+              enable_progress_bar=False, limit_val_batches=0, use_distributed_sampler=False,
+              callbacks=[ScheduleFreeMode(), Probe()]).fit(model, data)
+'''
+
+
+@pytest.mark.slow
+def test_ranks_with_different_micro_batch_counts_all_reduce_once_per_step(tmp_path):
+    """Without ``no_sync`` on the first micro-batches, rank 0 would all-reduce twice per step and
+    rank 1 once: mismatched collectives (a hang, caught by the timeout, or wrong gradients)."""
+    script = tmp_path / "probe.py"
+    script.write_text(ALLREDUCE_PROBE)
+    proc = subprocess.run([sys.executable, str(script), str(tmp_path)], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
+    assert r0["steps"] == r1["steps"] == 4
+    assert r0["calls"] == r1["calls"] and r0["calls"] % 4 == 0 and r0["calls"] > 0  # the same buckets, once per step
+    assert r0["weights"] == r1["weights"]  # synchronised gradients: identical replicas
