@@ -42,6 +42,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchmetrics import MeanMetric, SumMetric
 
+from callbacks.checkpointing import read_checkpoint
 from datamodules.augment import IDENTITY, Augmentation
 from datamodules.drafts import CORRUPTIONS, CorruptionName, cells_to_grids, corrupt, draft_batch, query_output_start
 from datamodules.orders import OrderName
@@ -62,15 +63,22 @@ def load_base_model(path: str, order: str, row_end: bool) -> AutoregressiveGridM
     if not Path(path).is_file():
         raise FileNotFoundError(f"model.base_checkpoint: no such file {path}")
     try:
-        hparams = torch.load(path, map_location="cpu", weights_only=True, mmap=True).get("hyper_parameters") or {}
-        if "draft_ratio" in hparams:  # the same tensor names and shapes would load silently
-            raise ValueError(
-                f"model.base_checkpoint: {path} is a RefinementNetwork checkpoint (bidirectional); "
-                "pass the AutoregressiveGridModel checkpoint that writes the drafts"
-            )
+        checkpoint = read_checkpoint(path)  # one-line errors for files that are not checkpoints
+    except ValueError as err:
+        raise ValueError(f"model.base_checkpoint: {err}") from None
+    hparams = checkpoint.get("hyper_parameters") if isinstance(checkpoint, dict) else None
+    if not isinstance(hparams, dict) or "d_model" not in hparams:
+        raise ValueError(f"model.base_checkpoint: {path} has no gridlm model hyperparameters; is it a Lightning checkpoint of gridlm fit?")
+    if "draft_ratio" in hparams:  # the same tensor names and shapes would load silently
+        raise ValueError(
+            f"model.base_checkpoint: {path} is a RefinementNetwork checkpoint (bidirectional); "
+            "pass the AutoregressiveGridModel checkpoint that writes the drafts"
+        )
+    try:
         base = AutoregressiveGridModel.load_from_checkpoint(path, map_location="cpu")
     except (KeyError, RuntimeError, EOFError, pickle.UnpicklingError) as err:
-        raise ValueError(f"model.base_checkpoint: {path} is not an AutoregressiveGridModel checkpoint ({err})") from None
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(f"model.base_checkpoint: {path} is not an AutoregressiveGridModel checkpoint ({first})") from None
     if (base.order, base.row_end) != (order, row_end):
         raise ValueError(
             f"model.base_checkpoint {path} was trained with order={base.order!r}, row_end={base.row_end}; "

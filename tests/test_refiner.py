@@ -191,6 +191,18 @@ def test_a_refiner_checkpoint_is_not_accepted_as_the_base(tmp_path):
         RefinementNetwork(**TINY, base_checkpoint=str(path))
 
 
+@pytest.mark.parametrize("content", [b"not a checkpoint", None], ids=["garbage", "no-hparams"])
+def test_a_base_checkpoint_that_is_not_a_gridlm_checkpoint_is_one_line(tmp_path, content):
+    path = tmp_path / "x.ckpt"
+    if content is None:
+        torch.save({"state_dict": {}}, path)
+    else:
+        path.write_bytes(content)
+    with pytest.raises(ValueError, match=r"^model.base_checkpoint: .*x.ckpt") as err:
+        RefinementNetwork(**TINY, base_checkpoint=str(path))
+    assert "\n" not in str(err.value)
+
+
 def test_base_checkpoint_must_match_the_data_order(tmp_path):
     path = _save_base(tmp_path / "base.ckpt", order="snake")
     with pytest.raises(ValueError, match="order='snake'.*order='row_major'"):
