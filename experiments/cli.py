@@ -74,21 +74,32 @@ class SubmissionWriter(BasePredictionWriter):
             rows = [r for part in gathered for r in part]
         if not trainer.is_global_zero:
             return
-        write_submission(rows, self.out)
+        n_tests = None
+        dm = trainer.datamodule
+        if isinstance(dm, GridDataModule):  # every predicted task, test inputs dropped as too long included
+            n_tests = {t.task_id: len(t.test) for t in dm.load(dm.predict_source or dm.val_source or dm.source)}
+        write_submission(rows, self.out, n_tests)
 
 
-def write_submission(rows: list[dict], out: str) -> dict:
+def write_submission(rows: list[dict], out: str, n_tests: Optional[dict[str, int]] = None) -> dict:
     """Rows ``{task_id, test_index, attempts: [grid|None, ...]}`` -> submission JSON at ``out``.
+
     A missing attempt is written as ``[[0]]`` (counts as wrong, keeps the file valid); so is a test
-    input with no row (dropped as too long) before a later one of its task, because scoring is by
-    position in the task's list."""
-    sub: dict[str, dict[int, dict]] = {}
+    input with no row (dropped as too long), because scoring is by position in the task's list.
+    ``n_tests`` (task id -> number of test inputs) makes the file complete: every task and every
+    test input gets an entry, as the official format expects; without it, entries run up to the
+    last test input with a row."""
+    sub: dict[str, dict[int, dict]] = {tid: {} for tid in n_tests or {}}
     for r in rows:
         attempts = [a for a in r["attempts"] if a is not None] or [[[0]]]
         attempts = (attempts + attempts)[:2]
         sub.setdefault(r["task_id"], {})[r["test_index"]] = {"attempt_1": attempts[0], "attempt_2": attempts[1]}
     missing = {"attempt_1": [[0]], "attempt_2": [[0]]}
-    result = {tid: [tests.get(i, missing) for i in range(max(tests) + 1)] for tid, tests in sorted(sub.items())}
+
+    def count(tid: str, tests: dict) -> int:
+        return max((n_tests or {}).get(tid, 0), max(tests, default=-1) + 1)
+
+    result = {tid: [tests.get(i, missing) for i in range(count(tid, tests))] for tid, tests in sorted(sub.items())}
     path = Path(out)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")

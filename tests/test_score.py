@@ -265,3 +265,13 @@ def test_a_dropped_test_input_keeps_the_later_ones_in_place(tmp_path):
         "t2": [{"attempt_1": [[0]], "attempt_2": [[0]]}],
     }
     assert json.loads((tmp_path / "sub.json").read_text()) == sub
+
+
+def test_with_the_task_list_every_task_and_test_input_has_an_entry(tmp_path):
+    """t1's last test input and all of t3 were dropped as too long: still listed, as [[0]]."""
+    from experiments.cli import write_submission
+
+    rows = [{"task_id": "t1", "test_index": 0, "attempts": [[[5]]]}]
+    sub = write_submission(rows, str(tmp_path / "sub.json"), n_tests={"t1": 2, "t3": 1})
+    placeholder = {"attempt_1": [[0]], "attempt_2": [[0]]}
+    assert sub == {"t1": [{"attempt_1": [[5]], "attempt_2": [[5]]}, placeholder], "t3": [placeholder]}
