@@ -40,7 +40,7 @@ def test_toy_benchmark_writes_every_key(tmp_path):
     assert md_path == tmp_path / "docs" / "benchmarks.md"
     for key in benchmark.TARGETS:
         assert f"`{key}`" in report
-    assert "--toy" in report and "| figure | value | target | status |" in report
+    assert "--toy" in report and "| figure | value | range over repeats | target | status |" in report
 
 
 def test_verdicts_compare_against_the_target():
@@ -48,6 +48,33 @@ def test_verdicts_compare_against_the_target():
     assert benchmark.verdict("lightning_vs_plain", 0.9) == "MISSED"
     assert benchmark.verdict("pad_fraction_bucketed", 0.06) == "MISSED"
     assert benchmark.verdict("kv_cache_speedup", float("nan")) == "not measured"
+
+
+def test_step_flops_count_causal_attention_as_model_flops():
+    """FlopCounterMode has no formula for the CPU attention kernel: without ours attention counts 0."""
+    B, T, d, layers, heads = 2, 16, 32, 2, 4
+    by_op = benchmark.step_flops(d, layers, heads, B, T)
+    attention = sum(n for op, n in by_op.items() if "attention" in op)
+    # forward QK^T and AV: 4 B T^2 d per layer over the causal triangle (T+1)/(2T); backward twice that
+    assert attention == pytest.approx(3 * 4 * B * T * T * d * layers * (T + 1) / (2 * T), rel=1e-6)
+    assert by_op["aten.mm"] > attention > 0
+
+
+def _report(**figures) -> str:
+    machine = {"cpu": "x86_64", "cores": 2, "torch": "t", "torch_threads": 2, "python": "3", "cuda": None, "load_average": [0, 0, 0]}
+    config = {k: 1 for k in ("d_model", "n_layers", "n_heads", "batch_size", "max_seq_len", "seq_len", "repeats")}
+    return benchmark.render_markdown({"config": {**config, "quick": False}, "machine": machine, "seconds": {}, **figures}, "cmd")
+
+
+def test_report_names_every_miss_with_its_note_and_the_per_repeat_range():
+    report = _report(peak_fraction=0.4, peak_fraction_range=[0.3, 0.55], kv_cache_speedup=12.0,
+                     encoding_step_time_vs_none={"none": 1.0, "rope_1d": 1.05, "alibi_2d": 1.22})
+    assert "| 0.4 | 0.3 - 0.55 | >= 0.5 | MISSED |" in report
+    assert "### `peak_fraction` = 0.4" in report and "### encodings above 1.10x `none`: `alibi_2d` 1.22" in report
+    assert "rope_1d` 1.05" not in report.split("## Where a target is missed")[1]
+    assert "Every target was met" not in report
+    met = _report(peak_fraction=0.6, encoding_step_time_vs_none={"none": 1.0, "rope_1d": 1.05})
+    assert "Every target was met in this run." in met and "###" not in met
 
 
 def test_quick_config_is_smaller():
