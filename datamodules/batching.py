@@ -32,7 +32,10 @@ class BucketBatchSampler(Sampler[list[tuple[int, int]]]):
         drop_last: bool = False,
         num_replicas: int = 1,
         rank: int = 0,
+        fill: str = "repeat",
     ) -> None:
+        if fill not in ("repeat", "split"):
+            raise ValueError(f"fill must be 'repeat' or 'split', got {fill!r}")
         if batch_size < 1:
             raise ValueError(f"data.batch_size must be >= 1, got {batch_size}")
         if not 0 <= rank < num_replicas:
@@ -45,6 +48,7 @@ class BucketBatchSampler(Sampler[list[tuple[int, int]]]):
         self.drop_last = drop_last
         self.num_replicas = num_replicas
         self.rank = rank
+        self.fill = fill
         self.epoch = 0
         self.start_batch = 0  # batches of this epoch already consumed (set when resuming mid-epoch)
 
@@ -81,9 +85,11 @@ class BucketBatchSampler(Sampler[list[tuple[int, int]]]):
             rng = np.random.default_rng([self.seed, epoch, 1])
             batches = [batches[i] for i in rng.permutation(len(batches))]
         if self.num_replicas > 1:
-            # every rank gets the same number of batches: repeat the first ones to fill the last round
+            # every rank gets the same number of batches (DDP steps in lockstep)
             total = math.ceil(len(batches) / self.num_replicas) * self.num_replicas
-            batches = batches + batches[: total - len(batches)]
+            if self.fill == "split":
+                batches = _split_to(batches, total)
+            batches = batches + batches[: total - len(batches)]  # repeats only what splitting could not fill
         return batches
 
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
@@ -135,6 +141,20 @@ def collate(seqs: list[TokenSequence]) -> dict:
     batch["lengths"] = torch.from_numpy(lengths)
     batch["meta"] = [s.meta for s in seqs]
     return batch
+
+
+def _split_to(batches: list[np.ndarray], total: int) -> list[np.ndarray]:
+    """Halve the largest batches (in place in the order) until there are ``total`` of them, so
+    that evaluation fills the last round of ranks without seeing any example twice. A length-sorted
+    batch splits into two with no more padding. Stops early when every batch holds one example."""
+    batches = list(batches)
+    while len(batches) < total:
+        i = max(range(len(batches)), key=lambda j: len(batches[j]), default=None)
+        if i is None or len(batches[i]) < 2:
+            break
+        half = len(batches[i]) // 2
+        batches[i : i + 1] = [batches[i][:half], batches[i][half:]]
+    return batches
 
 
 def pad_fraction(lengths: Sequence[int], batches: Sequence[Sequence[int]]) -> float:

@@ -286,6 +286,9 @@ class GridDataModule(L.LightningDataModule):
             bucket_factor=self.hparams.bucket_factor,
             num_replicas=replicas,
             rank=rank,
+            # training repeats batches to even out ranks (as DistributedSampler does); evaluation
+            # splits batches instead, so that synced metrics count every example once
+            fill="repeat" if shuffle else "split",
         )
         # the training loader is checkpointed by Lightning so that a resumed fit continues mid-epoch
         loader_class = ResumableDataLoader if name == "train" else DataLoader

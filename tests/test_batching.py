@@ -51,6 +51,29 @@ def test_replicas_partition_the_batches(lengths):
     assert set(parts[0]) | set(parts[1]) == set(range(len(lengths)))
 
 
+@pytest.mark.parametrize("n, batch_size, replicas", [(21, 5, 2), (9, 2, 4), (8, 3, 2), (5, 8, 3), (13, 5, 4)])
+def test_evaluation_ranks_see_every_example_exactly_once_in_equal_batch_counts(n, batch_size, replicas):
+    """fill='split' halves batches instead of repeating them, so synced metrics count each example once."""
+    lengths = np.arange(n) % 7 + 1
+    ranks = [BucketBatchSampler(lengths, batch_size, shuffle=False, num_replicas=replicas, rank=r, fill="split")
+             for r in range(replicas)]
+    per_rank = [list(r) for r in ranks]
+    assert {len(b) for b in per_rank} == {len(ranks[0])}  # lockstep: the same number of batches per rank
+    seen = sorted(i for batches in per_rank for b in batches for i, _ in b)
+    assert seen == list(range(n))  # none twice, none missing
+    assert all(0 < len(b) <= batch_size for batches in per_rank for b in batches)
+    # the default (training) fill repeats batches instead: with these sizes some example comes twice
+    repeated = [list(BucketBatchSampler(lengths, batch_size, shuffle=False, num_replicas=replicas, rank=r))
+                for r in range(replicas)]
+    assert len([i for batches in repeated for b in batches for i, _ in b]) > n
+
+
+def test_evaluation_repeats_only_when_there_are_fewer_examples_than_ranks():
+    ranks = [list(BucketBatchSampler([3, 1], 4, shuffle=False, num_replicas=3, rank=r, fill="split")) for r in range(3)]
+    assert [len(b) for b in ranks] == [1, 1, 1]
+    assert sorted(i for batches in ranks for b in batches for i, _ in b) == [0, 1, 1]  # the shortest, once more
+
+
 def test_resume_skips_consumed_batches(lengths):
     full = list(BucketBatchSampler(lengths, 8, seed=0))
     s = BucketBatchSampler(lengths, 8, seed=0)
