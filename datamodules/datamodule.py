@@ -18,7 +18,7 @@ is kept); only then is it dropped. Both counts are reported.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, Optional
+from typing import Literal, Optional, Sequence
 
 import lightning as L
 import numpy as np
@@ -78,6 +78,26 @@ def build_specs(
             specs.append(ExampleSpec(ti, split, q, tuple(context)))
             lengths.append(length)
     return specs, lengths, stats
+
+
+def shard_by_task(task_ids: Sequence[str], num_replicas: int, rank: int) -> list[int]:
+    """This rank's example indices (in dataset order) when whole tasks are dealt to ranks, each
+    task to the rank with the fewest examples so far, so that a task's test inputs (and its
+    test-time training) stay on one rank. A rank left without a task gets the first example (its
+    row is a duplicate that the submission writer overwrites): every rank must reach the
+    end-of-epoch gather."""
+    if num_replicas <= 1:
+        return list(range(len(task_ids)))
+    members: dict[str, list[int]] = {}
+    for i, tid in enumerate(task_ids):
+        members.setdefault(tid, []).append(i)
+    load, mine = [0] * num_replicas, []
+    for rows in members.values():
+        r = min(range(num_replicas), key=lambda k: load[k])
+        load[r] += len(rows)
+        if r == rank:
+            mine += rows
+    return sorted(mine) or ([0] if task_ids else [])
 
 
 class GridDataset(Dataset):
@@ -313,6 +333,11 @@ class GridDataModule(L.LightningDataModule):
         return self._loader("test", shuffle=False)
 
     def predict_dataloader(self) -> DataLoader:
-        # a plain sequential loader: Lightning re-instantiates batch samplers when predicting
+        # a plain sequential loader (Lightning re-instantiates batch samplers when predicting) over
+        # this rank's share of the tasks: under DDP each task is predicted, and test-time trained, once
         ds = self.datasets["predict"]
-        return DataLoader(ds, batch_size=self.batch_size, shuffle=False, collate_fn=collate, num_workers=self.hparams.num_workers)
+        trainer = getattr(self, "trainer", None)
+        replicas, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+        task_ids = [ds.tasks[spec.task].task_id for spec in ds.specs]
+        sampler = shard_by_task(task_ids, replicas, rank)
+        return DataLoader(ds, batch_size=self.batch_size, sampler=sampler, collate_fn=collate, num_workers=self.hparams.num_workers)

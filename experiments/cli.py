@@ -72,6 +72,8 @@ class SubmissionWriter(BasePredictionWriter):
 
             dist.all_gather_object(gathered, rows)
             rows = [r for part in gathered for r in part]
+            if trainer.is_global_zero:
+                print(f"gridlm predict: {trainer.world_size} ranks predicted {' + '.join(str(len(p)) for p in gathered)} test inputs")
         if not trainer.is_global_zero:
             return
         n_tests = None

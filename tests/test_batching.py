@@ -74,6 +74,20 @@ def test_evaluation_repeats_only_when_there_are_fewer_examples_than_ranks():
     assert sorted(i for batches in ranks for b in batches for i, _ in b) == [0, 1, 1]  # the shortest, once more
 
 
+def test_predict_shards_deal_whole_tasks_to_ranks():
+    from datamodules.datamodule import shard_by_task
+
+    task_ids = ["a", "a", "b", "c", "c", "c", "d", "e"]
+    shards = [shard_by_task(task_ids, 3, r) for r in range(3)]
+    assert sorted(i for s in shards for i in s) == list(range(8))  # a partition
+    for s in shards:
+        tasks = {task_ids[i] for i in s}
+        assert all(sum(task_ids[i] == t for i in s) == task_ids.count(t) for t in tasks)  # whole tasks
+    assert max(map(len, shards)) - min(map(len, shards)) <= 1  # balanced here
+    assert shard_by_task(task_ids, 1, 0) == list(range(8))
+    assert [shard_by_task(["a", "a"], 2, r) for r in range(2)] == [[0, 1], [0]]  # an idle rank repeats one row
+
+
 def test_resume_skips_consumed_batches(lengths):
     full = list(BucketBatchSampler(lengths, 8, seed=0))
     s = BucketBatchSampler(lengths, 8, seed=0)

@@ -9,6 +9,8 @@
   the 8 validation examples, and decoded all of its half) equal a single-process validation of
   its last checkpoint (1e-5). 8 examples in batches of 3 make 3 batches for 2 ranks: evaluation
   splits a batch rather than repeating one, so no example is counted twice.
+- ``gridlm predict`` under DDP (each task predicted on one rank, rows gathered to rank 0) writes
+  the same submission as one process.
 - only rank 0 writes: one CSV version folder, one ``metrics.csv``, one wandb (offline) run, one
   ``run_summary.json`` (the log folder is resolved on every rank, so the write cannot deadlock).
 """
@@ -74,6 +76,19 @@ def test_ddp_two_cpu_ranks_match_one_process(tmp_path):
     assert one["val/loss"] == pytest.approx(m_ddp["val/loss"][-1], abs=1e-5)
     assert one["val/cell_acc"] == pytest.approx(m_ddp["val/cell_acc"][-1], abs=1e-6)
     assert one["val/exact_match"] == pytest.approx(m_ddp["val/exact_match"][-1], abs=1e-6)
+
+    # predict under DDP: whole tasks are dealt to ranks, rank 0 gathers; the submission equals one process's
+    flags = tiny_flags(tmp_path / "pred", **{"--model.n_votes": "2"})
+    sub_ddp, sub_one = tmp_path / "ddp.json", tmp_path / "one.json"
+    env = {**os.environ, "WANDB_MODE": "disabled"}
+    pred = subprocess.run([sys.executable, "-m", "experiments.cli", "predict", *flags, "--ckpt_path", str(ckpt), "--out", str(sub_ddp),
+                           "--trainer.strategy", "ddp", "--trainer.devices", "2", "--trainer.accelerator", "cpu"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)  # fmt: skip
+    assert pred.returncode == 0, pred.stderr[-3000:]
+    assert "2 ranks predicted 6 + 6 test inputs" in pred.stdout, pred.stdout[-2000:]  # each once, not 12 + 12
+    cli_main(["predict", *flags, "--ckpt_path", str(ckpt), "--out", str(sub_one)])
+    assert json.loads(sub_ddp.read_text()) == json.loads(sub_one.read_text())
+    assert len(json.loads(sub_one.read_text())) == 12
 
 
 ALLREDUCE_PROBE = '''
