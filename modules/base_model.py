@@ -111,7 +111,8 @@ class AutoregressiveGridModel(L.LightningModule):
             order: serialization order (linked from ``data.order``), used when decoding.
             row_end: ROW_END tokens (linked from ``data.row_end``), used when decoding.
             n_generate: validation examples decoded per validation for ``val/exact_match``: the
-                first ones in loader order, on each device (0: none).
+                first ones in loader order, in total over devices (each of W devices decodes its
+                first ``n_generate / W``; 0: none).
             n_votes: augmentations each decoded test input is solved under (``modules.voting``);
                 1 = plain greedy decoding. Above 1, validation also logs ``val/pass1`` and
                 ``val/pass2`` and ``predict`` writes the top two voted grids as the two attempts.
@@ -157,7 +158,7 @@ class AutoregressiveGridModel(L.LightningModule):
         self.grad_clip, self.micro_batch_size = grad_clip, micro_batch_size
         self.skip_nonfinite, self.max_consecutive_nonfinite = skip_nonfinite, max_consecutive_nonfinite
         self.skipped_steps = self.consecutive_nonfinite = self.oom_events = 0
-        self._n_decoded = 0  # examples decoded for exact match in the current validation
+        self._n_decoded, self._decode_budget = 0, n_generate  # examples decoded / to decode in the current validation
         self.model = Transformer(self.cfg)
         self.optimizer_factory = optimizer or default_optimizer
         self.lr_scheduler_factory = lr_scheduler
@@ -283,7 +284,7 @@ class AutoregressiveGridModel(L.LightningModule):
         self.log(f"{stage}/cell_acc", m["cell_acc"], on_epoch=True, prog_bar=True, batch_size=B)
         # the first n_generate examples in loader order (validation batches are sorted by length,
         # and limit_val_batches keeps only the first ones: choosing by dataset index decoded fewer)
-        chosen = list(range(min(B, self.n_generate - self._n_decoded)))
+        chosen = list(range(max(0, min(B, self._decode_budget - self._n_decoded))))
         self._n_decoded += len(chosen)
         if chosen and self.voting.n_votes > 1:
             # the first vote is the identity augmentation: its decode is the plain greedy one
@@ -306,10 +307,17 @@ class AutoregressiveGridModel(L.LightningModule):
             self.log(f"{stage}/pass2", m["pass2"], on_epoch=True, prog_bar=True, batch_size=B)
 
     def on_validation_epoch_start(self) -> None:
-        self._n_decoded = 0  # examples decoded for exact match in this validation (this device)
+        self._start_decoding()
 
     def on_test_epoch_start(self) -> None:
-        self._n_decoded = 0
+        self._start_decoding()
+
+    def _start_decoding(self) -> None:
+        """This device's share of ``n_generate`` (devices see interleaved batches of the same
+        length-sorted order, so together they decode about the examples one device would)."""
+        world, rank = (self.trainer.world_size, self.trainer.global_rank) if self._trainer is not None else (1, 0)
+        self._decode_budget = self.n_generate // world + (rank < self.n_generate % world)
+        self._n_decoded = 0  # examples decoded for exact match in this validation (this device)
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         self._eval_step(batch, "val")

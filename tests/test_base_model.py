@@ -50,3 +50,23 @@ def test_n_generate_decodes_the_first_examples_in_loader_order_each_validation(v
     first = [m["index"] for b in val_batches[:2] for m in b["meta"]][:6]
     assert decoded == first + first
     assert sorted(first) != list(range(6)), "precondition: loader order is not dataset order"
+
+
+def test_n_generate_is_a_total_shared_by_the_devices(val_batches, monkeypatch):
+    """Under DDP each of W devices decodes its first n_generate / W examples: 7 over 3 -> 3 + 2 + 2."""
+    from types import SimpleNamespace
+
+    counts = []
+    for rank in range(3):
+        model = AutoregressiveGridModel(max_seq_len=256, d_model=16, n_layers=1, n_heads=2, n_generate=7).eval()
+        decoded = []
+        original = model.decode_batch
+        monkeypatch.setattr(model, "decode_batch", lambda batch, rows, d=decoded, o=original: d.extend(rows) or o(batch, rows))
+        model._trainer = SimpleNamespace(world_size=3, global_rank=rank)  # only the epoch-start hook reads it
+        model.on_validation_epoch_start()
+        model._trainer = None
+        with torch.no_grad():
+            for i, batch in enumerate(val_batches):
+                model.validation_step(batch, i)
+        counts.append(len(decoded))
+    assert counts == [3, 2, 2]

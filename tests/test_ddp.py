@@ -29,7 +29,7 @@ from experiments.cli import cli_main
 from test_cli import read_metrics, tiny_flags
 
 STEPS = 6
-# n_generate counts decodes per device in loader order: decoding every validation example (8)
+# n_generate is shared by the devices (4 + 4 here): decoding every validation example (8)
 # makes the DDP run and the single process decode the same examples
 DECODE_ALL = {"--model.n_generate": "8"}
 
