@@ -78,8 +78,8 @@ class SubmissionWriter(BasePredictionWriter):
             return
         n_tests = None
         dm = trainer.datamodule
-        if isinstance(dm, GridDataModule):  # every predicted task, test inputs dropped as too long included
-            n_tests = {t.task_id: len(t.test) for t in dm.load(dm.predict_source or dm.val_source or dm.source)}
+        if isinstance(dm, GridDataModule) and "predict" in dm.datasets:  # every predicted task, dropped test inputs included
+            n_tests = {t.task_id: len(t.test) for t in dm.datasets["predict"].tasks}
         write_submission(rows, self.out, n_tests)
 
 
