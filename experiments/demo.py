@@ -51,8 +51,7 @@ def render_prediction(config: str, ckpt: str, run_dir: Path, extra: list[str], n
     """Predict the test inputs of the first ``n_tasks`` prediction tasks and draw the first one."""
     sub_path = run_dir / "demo_submission.json"
     pred = cli_main(["predict", "--config", config, "--ckpt_path", ckpt, "--data.max_tasks", str(n_tasks), "--submission.out", str(sub_path), *extra])
-    dm = pred.datamodule
-    tasks = {t.task_id: t for t in dm.load(dm.predict_source or dm.val_source or dm.source)}
+    tasks = {t.task_id: t for t in pred.datamodule.datasets["predict"].tasks}
     sub = json.loads(sub_path.read_text())
     task_id = next(iter(sub))
     entry = sub[task_id][0]
