@@ -30,7 +30,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 	@touch $@
 
 demo: setup
-	$(PY) -m experiments.demo
+	$(PY) -m gridlm.experiments.demo
 
 test: setup
 	$(BIN)/pytest -q $(PYTEST_ARGS)
@@ -39,7 +39,7 @@ test-fast: setup
 	$(BIN)/pytest -q -m "not slow" $(PYTEST_ARGS)
 
 bench: setup
-	$(PY) -m experiments.benchmark $(BENCH_ARGS)
+	$(PY) -m gridlm.experiments.benchmark $(BENCH_ARGS)
 
 clean:
 	rm -rf runs lightning_logs wandb .pytest_cache

@@ -46,7 +46,7 @@ import torch
 from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
-from datamodules.batching import collate
+from gridlm.datamodules.batching import collate
 
 MemoryFn = Callable[[int], float]  # rows of the worst-case batch -> peak bytes of forward + backward
 _UNITS = {"": 1, "B": 1, "KB": 1e3, "MB": 1e6, "GB": 1e9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}

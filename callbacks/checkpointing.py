@@ -8,7 +8,7 @@ non-finite-loss stop, and a one-line error for a checkpoint that does not fit th
   that dir is on another filesystem, and no fsync. Loads default to ``weights_only=True``.
 - :class:`FaultTolerance` turns SIGINT into Lightning's SIGTERM path (a flag checked at the end
   of every training batch, ``SIGTERMException``) and, on that exception or on
-  :class:`~modules.base_model.NonFiniteLossError`, writes the ``last`` checkpoint before the
+  :class:`~gridlm.modules.base_model.NonFiniteLossError`, writes the ``last`` checkpoint before the
   process exits, so ``gridlm fit --ckpt_path last`` continues from there.
 - :func:`check_compatible` compares a checkpoint's model hyperparameters and tensor shapes with
   the instantiated model and raises one ``ValueError`` line naming every mismatched field.
@@ -32,7 +32,8 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from callbacks.schedule_free import _schedule_free, in_train_mode
+from gridlm.callbacks.schedule_free import _schedule_free, in_train_mode
+from gridlm.modules.checkpoints import read_checkpoint  # noqa: F401  (re-exported for the CLI)
 
 # hyperparameters that decide the shapes or meaning of the weights, in the order they are reported
 MODEL_FIELDS = ("vocab_size", "d_model", "n_layers", "n_heads", "mlp_ratio", "encoding", "tie_embeddings", "max_seq_len")
@@ -159,7 +160,7 @@ class FaultTolerance(L.Callback):
 
     # ---------------------------------------------------------------- save on stop
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
-        from modules.base_model import NonFiniteLossError
+        from gridlm.modules.base_model import NonFiniteLossError
 
         self._restore_sigint()
         # during fit only (a signal may land in a validation run inside fit: save then too)
@@ -236,14 +237,3 @@ def check_serialization(checkpoint: dict, datamodule: Any, path: str) -> None:
     if diffs:
         fix = " ".join(f"--data.{k} {saved[k]}" for k in ("order", "row_end") if k in saved)
         raise ValueError(f"checkpoint {path} was trained on other serialized data: {'; '.join(diffs)}; pass {fix}")
-
-
-def read_checkpoint(path: str) -> dict:
-    """Read a checkpoint for inspection: memory-mapped, ``weights_only=True``, one-line errors."""
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"--ckpt_path {path}: no such checkpoint file")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ValueError(f"checkpoint {path} cannot be loaded ({first}); is it a complete gridlm checkpoint?") from err

@@ -35,8 +35,8 @@ import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_only
 
-from datamodules.tokens import ROLE_NAMES
-from modules.provenance import run_metadata
+from gridlm.datamodules.tokens import ROLE_NAMES
+from gridlm.modules.provenance import run_metadata
 
 SUMMARY_FILE = "run_summary.json"
 # best = min or max; a run records those its module logs (the refiner: loss and the exact matches)

@@ -206,7 +206,7 @@ class WandbTracking(L.Callback):
     - summary metrics: max ``val/exact_match``, max ``val/cell_acc``, min ``val/loss``;
     - every ``images_every_n_val`` validations, ``val/grids``: input, target and greedy
       prediction of the first ``n_images`` validation pairs (always the same pairs) in the ARC
-      palette (``experiments.show.grids_to_image``);
+      palette (``gridlm.experiments.show.grids_to_image``);
     - at the end of fit, the best checkpoint (else the last) as a ``model`` artifact, online only.
 
     Any wandb error becomes one warning and the callback stops; training goes on.
@@ -250,7 +250,7 @@ class WandbTracking(L.Callback):
         self._safe("setting group, tags and config", self._describe, trainer, pl_module)
 
     def _describe(self, trainer, pl_module) -> None:
-        from modules.provenance import run_metadata
+        from gridlm.modules.provenance import run_metadata
 
         config = getattr(pl_module, "resolved_config", None)
         info = describe_run(pl_module, config, self.study, trainer.optimizers[0] if trainer.optimizers else None)
@@ -278,7 +278,7 @@ class WandbTracking(L.Callback):
 
     @torch.no_grad()
     def _log_grids(self, trainer, pl_module) -> None:
-        from experiments.show import grids_to_image
+        from gridlm.experiments.show import grids_to_image
 
         if self._fixed_batch is None:  # the validation loader is deterministic: its first batch
             batch = next(iter(trainer.datamodule.val_dataloader()))

@@ -30,8 +30,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from datamodules.tasks import Pair
-from datamodules.tokens import N_COLOURS
+from gridlm.datamodules.tasks import Pair
+from gridlm.datamodules.tokens import N_COLOURS
 
 DIHEDRAL_NAMES = ("identity", "rot90", "rot180", "rot270", "transpose", "flip_lr", "anti_transpose", "flip_ud")
 

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch.utils.data import Sampler
 
-from datamodules.tokens import FIELDS, PAD, ROLE_SPECIAL, TokenSequence
+from gridlm.datamodules.tokens import FIELDS, PAD, ROLE_SPECIAL, TokenSequence
 
 
 class BucketBatchSampler(Sampler[list[tuple[int, int]]]):

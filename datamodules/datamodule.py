@@ -25,13 +25,13 @@ import numpy as np
 from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader, Dataset
 
-from datamodules.augment import IDENTITY, random_augmentation
-from datamodules.batching import BucketBatchSampler, collate
-from datamodules.resumable import ResumableDataLoader
-from datamodules.orders import OrderName
-from datamodules.serialize import check_row_end, max_augmented_length, serialize_example
-from datamodules.tasks import Task, load_tasks
-from datamodules.tokens import TARGET_POLICIES, VOCAB_SIZE
+from gridlm.datamodules.augment import IDENTITY, random_augmentation
+from gridlm.datamodules.batching import BucketBatchSampler, collate
+from gridlm.datamodules.resumable import ResumableDataLoader
+from gridlm.datamodules.orders import OrderName
+from gridlm.datamodules.serialize import check_row_end, max_augmented_length, serialize_example
+from gridlm.datamodules.tasks import Task, load_tasks
+from gridlm.datamodules.tokens import TARGET_POLICIES, VOCAB_SIZE
 
 
 @dataclass(frozen=True)
@@ -197,7 +197,7 @@ class GridDataModule(L.LightningDataModule):
             augment: random dihedral transform and colour permutation per training example and epoch.
             augment_colours: permute colours when augmenting.
             keep_zero: keep colour 0 (background) fixed when permuting colours.
-            target_policy: which tokens are next-token targets (see ``datamodules.tokens``).
+            target_policy: which tokens are next-token targets (see ``gridlm.datamodules.tokens``).
             row_end: emit a ROW_END token after each row (row-wise orders only).
             train_on_val_demos: also train on the validation tasks' demonstrations (as TRM/HRM do).
             on_invalid: ``raise`` on the first bad task, or ``skip`` bad tasks with a warning each.

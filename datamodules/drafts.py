@@ -2,9 +2,9 @@
 
 The refinement network (``modules/refiner.py``) reads a serialized example whose query output
 block holds a *draft* instead of the true output. :func:`draft_batch` builds that input from a
-collated :class:`~datamodules.datamodule.GridDataModule` batch (full sequences or prompts): it
+collated :class:`~gridlm.datamodules.datamodule.GridDataModule` batch (full sequences or prompts): it
 keeps each row up to and including the query's OUTPUT marker and appends the draft's block
-from the serializer's own :func:`~datamodules.serialize.grid_layout`, so the draft carries
+from the serializer's own :func:`~gridlm.datamodules.serialize.grid_layout`, so the draft carries
 exactly the tokens and metadata ``serialize_example`` would give it as the query output (a
 test checks this). The draft keeps its own shape, which may differ from the target's.
 
@@ -20,8 +20,8 @@ from typing import Literal, Sequence
 import numpy as np
 import torch
 
-from datamodules.serialize import grid_layout
-from datamodules.tokens import N_COLOURS, PAD, ROLE_SPECIAL, ROLE_TEST_OUTPUT
+from gridlm.datamodules.serialize import grid_layout
+from gridlm.datamodules.tokens import N_COLOURS, PAD, ROLE_SPECIAL, ROLE_TEST_OUTPUT
 
 CorruptionName = Literal["flip", "shift", "recolour"]
 CORRUPTIONS: tuple[str, ...] = ("flip", "shift", "recolour")

@@ -22,7 +22,7 @@ from typing import Callable, Optional
 from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader
 
-from datamodules.batching import BucketBatchSampler
+from gridlm.datamodules.batching import BucketBatchSampler
 
 
 class ResumableDataLoader(DataLoader):

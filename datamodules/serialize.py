@@ -24,9 +24,9 @@ from functools import lru_cache
 
 import numpy as np
 
-from datamodules.orders import ROW_WISE_ORDERS, cell_order, check_order
-from datamodules.tasks import Pair
-from datamodules.tokens import (
+from gridlm.datamodules.orders import ROW_WISE_ORDERS, cell_order, check_order
+from gridlm.datamodules.tasks import Pair
+from gridlm.datamodules.tokens import (
     BOS,
     GRID_END,
     HEIGHT_0,
@@ -177,7 +177,7 @@ def serialize_example(
     Args:
         context: complete demonstration pairs, in order (grid indices 2k, 2k+1).
         query: the pair to solve (grid indices 2*len(context), +1).
-        order: cell order (``datamodules.orders.ORDERS``).
+        order: cell order (``gridlm.datamodules.orders.ORDERS``).
         target_policy: which tokens are targets (``tokens.TARGET_POLICIES``):
             ``"test_output"`` the query output block except its OUTPUT marker (the marker is the
             prompt), ``"all_outputs"`` every output block except its marker, ``"all"`` every

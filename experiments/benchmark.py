@@ -14,7 +14,7 @@ so load from other processes on a shared machine hits both sides alike. Writes
 ``benchmarks.json`` and ``docs/benchmarks.md`` under ``--out_dir``; ``--quick`` is a smaller,
 shorter run (under two minutes on 2 cores) for checking the pipeline, not for the figures.
 
-    python -m experiments.benchmark [--quick] [--out_dir .]
+    python -m gridlm.experiments.benchmark [--quick] [--out_dir .]
 """
 
 from __future__ import annotations
@@ -101,7 +101,7 @@ def ratio_range(num: list[float], den: list[float]) -> list[float]:
 
 def train_batches(cfg: BenchConfig, n: int) -> list[dict]:
     """The first ``n`` bucketed training batches of ``cfg.source``, as the DataModule makes them."""
-    from datamodules.datamodule import GridDataModule
+    from gridlm.datamodules.datamodule import GridDataModule
 
     dm = GridDataModule(source=cfg.source, max_seq_len=cfg.max_seq_len, batch_size=cfg.batch_size, seed=0)
     dm.setup("fit")
@@ -122,7 +122,7 @@ def real_tokens(batches: list[dict]) -> int:
 
 def plain_loop_tokens_per_s(cfg: BenchConfig, batches: list[dict]) -> float:
     """The same model and optimizer as the Lightning module, trained by a bare loop."""
-    from modules.base_model import AutoregressiveGridModel, default_optimizer, param_groups, positions_of
+    from gridlm.modules.base_model import AutoregressiveGridModel, default_optimizer, param_groups, positions_of
 
     torch.manual_seed(0)
     model = AutoregressiveGridModel(**model_kwargs(cfg)).model.train()
@@ -148,8 +148,8 @@ def lightning_tokens_per_s(cfg: BenchConfig, batches: list[dict]) -> float:
     from lightning.pytorch.loggers import CSVLogger
     from torch.utils.data import DataLoader
 
-    from callbacks.schedule_free import ScheduleFreeMode
-    from modules.base_model import AutoregressiveGridModel
+    from gridlm.callbacks.schedule_free import ScheduleFreeMode
+    from gridlm.modules.base_model import AutoregressiveGridModel
 
     class Clock(L.Callback):
         t0 = t1 = 0.0
@@ -202,7 +202,7 @@ def bench_lightning_vs_plain(cfg: BenchConfig) -> dict:
 
 
 def _positions(B: int, T: int):
-    from modules.encodings import Positions
+    from gridlm.modules.encodings import Positions
 
     pos = torch.arange(T).expand(B, T)
     minus = torch.full((B, T), -1)
@@ -211,7 +211,7 @@ def _positions(B: int, T: int):
 
 def gridlm_step(d: int, layers: int, heads: int, B: int, T: int, encoding="rope_1d") -> Callable[[], float]:
     """A timed training step (forward, backward, AdamW) of the gridlm Transformer on random tokens."""
-    from modules.transformer import Transformer, TransformerConfig
+    from gridlm.modules.transformer import Transformer, TransformerConfig
 
     torch.manual_seed(0)
     model = Transformer(TransformerConfig(d_model=d, n_layers=layers, n_heads=heads, max_seq_len=T, encoding=encoding))
@@ -309,7 +309,7 @@ def step_flops(d: int, layers: int, heads: int, B: int, T: int) -> dict[str, flo
     not counted, as in MFU figures), total and per operator."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from modules.transformer import Transformer, TransformerConfig
+    from gridlm.modules.transformer import Transformer, TransformerConfig
 
     model = Transformer(TransformerConfig(d_model=d, n_layers=layers, n_heads=heads, max_seq_len=T))
     x = torch.randint(0, 10, (B, T))
@@ -342,9 +342,9 @@ def bench_peak_fraction(cfg: BenchConfig) -> dict:
 
 def bench_padding(cfg: BenchConfig, epochs: int = 3) -> dict:
     """Padding of the DataModule's bucketed batches vs random batches of the same size (mean over epochs)."""
-    from datamodules.batching import BucketBatchSampler, pad_fraction
-    from datamodules.datamodule import build_specs
-    from datamodules.tasks import load_tasks
+    from gridlm.datamodules.batching import BucketBatchSampler, pad_fraction
+    from gridlm.datamodules.datamodule import build_specs
+    from gridlm.datamodules.tasks import load_tasks
 
     _, lengths, _ = build_specs(load_tasks(cfg.source), "train", cfg.max_seq_len)
     out = {}
@@ -360,9 +360,9 @@ def bench_padding(cfg: BenchConfig, epochs: int = 3) -> dict:
 
 def decoding_prompt(prompt_side: int = 10):
     """A decoder prompt: one ``prompt_side``-square demonstration pair and a query input of that size."""
-    from datamodules.batching import collate
-    from datamodules.serialize import serialize_example
-    from datamodules.tasks import Pair
+    from gridlm.datamodules.batching import collate
+    from gridlm.datamodules.serialize import serialize_example
+    from gridlm.datamodules.tasks import Pair
 
     rng = np.random.default_rng(0)
     small = lambda: rng.integers(0, 10, (prompt_side, prompt_side))  # noqa: E731
@@ -373,8 +373,8 @@ def decoding_prompt(prompt_side: int = 10):
 def forced_shape_model(cfg: BenchConfig, side: int = 30):
     """The quickstart model, untrained, with an output bias that makes it announce a side x side
     grid (the decoder's first two choices); the cells are its own greedy choices."""
-    from datamodules.tokens import HEIGHT_0, WIDTH_0
-    from modules.transformer import Transformer, TransformerConfig
+    from gridlm.datamodules.tokens import HEIGHT_0, WIDTH_0
+    from gridlm.modules.transformer import Transformer, TransformerConfig
 
     torch.manual_seed(0)
     tc = TransformerConfig(d_model=cfg.d_model, n_layers=cfg.n_layers, n_heads=cfg.n_heads, max_seq_len=2048, encoding=["rope_1d", "onehot_2d"])
@@ -389,8 +389,8 @@ def forced_shape_model(cfg: BenchConfig, side: int = 30):
 
 
 def bench_kv_cache(cfg: BenchConfig) -> dict:
-    from modules.base_model import positions_of
-    from modules.decoding import generate_grids
+    from gridlm.modules.base_model import positions_of
+    from gridlm.modules.decoding import generate_grids
 
     side = cfg.decode_side
     model, batch = forced_shape_model(cfg, side), decoding_prompt(cfg.prompt_side)
@@ -422,9 +422,9 @@ def bench_kv_cache(cfg: BenchConfig) -> dict:
 def bench_batch_probe(cfg: BenchConfig) -> dict:
     """The probe's search vs trying every micro-batch 1..probe_rows, both on measured peak process
     memory (CPU) of a forward + backward on the worst-case (longest) training examples."""
-    from callbacks.batch_sizing import choose_micro_batch, cpu_peak_bytes, exhaustive_max, worst_case_batch
-    from datamodules.datamodule import GridDataModule
-    from modules.base_model import AutoregressiveGridModel
+    from gridlm.callbacks.batch_sizing import choose_micro_batch, cpu_peak_bytes, exhaustive_max, worst_case_batch
+    from gridlm.datamodules.datamodule import GridDataModule
+    from gridlm.modules.base_model import AutoregressiveGridModel
 
     dm = GridDataModule(source=cfg.source, max_seq_len=512, batch_size=cfg.probe_rows, augment=False)
     dm.setup("fit")
@@ -462,9 +462,9 @@ def bench_batch_probe(cfg: BenchConfig) -> dict:
 def bench_encodings(cfg: BenchConfig) -> dict:
     """Training-step time of each encoding relative to ``none`` at the quickstart size, on one
     real ARC-AGI-1 batch (so 2D encodings see real rows and columns)."""
-    from modules.base_model import positions_of
-    from modules.encodings import ENCODINGS
-    from modules.transformer import Transformer, TransformerConfig
+    from gridlm.modules.base_model import positions_of
+    from gridlm.modules.encodings import ENCODINGS
+    from gridlm.modules.transformer import Transformer, TransformerConfig
 
     batch = train_batches(cfg, 1)[0]
     names = list(ENCODINGS) + ["rope_1d+onehot_2d"]
@@ -558,11 +558,11 @@ NOTES: dict = {  # the report's text: why a target can be missed and what would 
         "(incl. AdamW) at width 256 (8 heads of 32), float32, divided by the best float32 square-matmul rate "
         "measured in the same run. Until 2026-11-23 attention counted 0 FLOPs on CPU, which understated the "
         "figure by about 14% at this shape.",
-        "pad_fraction_bucketed": "`datamodules.batching.pad_fraction` over the epoch's batches of `BucketBatchSampler` "
+        "pad_fraction_bucketed": "`gridlm.datamodules.batching.pad_fraction` over the epoch's batches of `BucketBatchSampler` "
         "(bucket_factor 64) vs bucket_factor 1 (random batches), ARC-AGI-1 training examples, mean of 3 epochs.",
-        "kv_cache_speedup": "`modules.decoding.generate_grids` with `use_cache` True and False on an untrained quickstart "
+        "kv_cache_speedup": "`gridlm.modules.decoding.generate_grids` with `use_cache` True and False on an untrained quickstart "
         "model whose output bias forces a decode_side x decode_side grid; emitted tokens per second; tokens compared.",
-        "batch_probe_ratio": "peak process RSS (`callbacks.batch_sizing.cpu_peak_bytes`) of forward + backward on the "
+        "batch_probe_ratio": "peak process RSS (`gridlm.callbacks.batch_sizing.cpu_peak_bytes`) of forward + backward on the "
         "longest ARC-AGI-1 examples, measured once for every size 1..probe_rows; budget at 60% of the range between 1 "
         "and probe_rows rows; `choose_micro_batch` (a few of those measurements) vs `exhaustive_max` (all of them) "
         "on that one curve, so the ratio judges the search, not RSS noise (`batch_probe_curve_decreases` counts "
@@ -679,7 +679,7 @@ def render_markdown(r: dict, command: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m experiments.benchmark", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m gridlm.experiments.benchmark", description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="small sizes, few repeats (< 2 minutes)")
     parser.add_argument("--out_dir", default=".", help="where benchmarks.json and docs/benchmarks.md go")
     parser.add_argument("--only", nargs="*", choices=[n for n, _ in SECTIONS], help="run only these sections")
@@ -688,7 +688,7 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     results = run(cfg, args.only)
     results["seconds"]["total"] = time.perf_counter() - start
-    command = "python -m experiments.benchmark " + " ".join(sys.argv[1:] if argv is None else argv)
+    command = "python -m gridlm.experiments.benchmark " + " ".join(sys.argv[1:] if argv is None else argv)
     paths = write_outputs(results, Path(args.out_dir), command.strip())
     for key in TARGETS:
         if key in results:

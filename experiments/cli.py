@@ -30,7 +30,7 @@ from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from callbacks.checkpointing import (
+from gridlm.callbacks.checkpointing import (
     AtomicCheckpointIO,
     MODEL_FIELDS,
     FaultTolerance,
@@ -40,14 +40,15 @@ from callbacks.checkpointing import (
     hparam_mismatches,
     read_checkpoint,
 )
-from callbacks.loss_logging import LossLogging
-from callbacks.schedule_free import ScheduleFreeMode
-from callbacks.wandb_tracking import GridWandbLogger, WandbMode, WandbTracking
-from datamodules.datamodule import GridDataModule
-from experiments.cli_errors import GridArgumentParser
-from modules.base_model import NonFiniteLossError
+from gridlm.callbacks.loss_logging import LossLogging
+from gridlm.callbacks.schedule_free import ScheduleFreeMode
+from gridlm.configs import resolve_config
+from gridlm.callbacks.wandb_tracking import GridWandbLogger, WandbMode, WandbTracking
+from gridlm.datamodules.datamodule import GridDataModule
+from gridlm.experiments.cli_errors import GridArgumentParser
+from gridlm.modules.base_model import NonFiniteLossError
 
-DEFAULT_MODEL = "modules.base_model.AutoregressiveGridModel"
+DEFAULT_MODEL = "gridlm.modules.base_model.AutoregressiveGridModel"
 DEFAULT_OPTIMIZER = {
     "class_path": "schedulefree.AdamWScheduleFree",
     "init_args": {"lr": 3e-3, "warmup_steps": 50, "weight_decay": 0.0},
@@ -212,9 +213,25 @@ class GridLightningCLI(LightningCLI):
                     for k, v in requested.items()
                     if k in saved and k in defaults and k not in MODEL_FIELDS and repr(v) != repr(defaults[k])
                 }
-        super()._parse_ckpt_path()
+        self._apply_checkpoint_hparams(path)
         for k, v in user_set.items():
             self.config[sub]["model"]["init_args"][k] = v
+
+
+    def _apply_checkpoint_hparams(self, path: Optional[str]) -> None:
+        """Lightning's ``_parse_ckpt_path``: the checkpoint's model hyperparameters replace the
+        model options; read through :func:`read_checkpoint`, so the class paths of older
+        releases (``modules.base_model...``) resolve to ``gridlm.modules...``."""
+        sub = self.config.get("subcommand")
+        if not sub or not path or not Path(path).is_file():
+            return
+        hparams = dict(read_checkpoint(path).get("hyper_parameters") or {})
+        hparams.pop("_instantiator", None)
+        if not hparams:
+            return
+        if "_class_path" in hparams:
+            hparams = {"class_path": hparams.pop("_class_path"), "dict_kwargs": hparams}
+        self.config = self.parser.parse_object({sub: {"model": hparams}}, self.config)
 
 
 def _latest_version(folder: Path) -> int:
@@ -232,10 +249,18 @@ def _init_defaults(class_path: str) -> dict:
 
 
 def _argv_aliases(argv: list[str]) -> list[str]:
-    """``gridlm predict --out X`` is short for ``--submission.out X``."""
+    """``gridlm predict --out X`` is short for ``--submission.out X``; ``--config quickstart``
+    names a packaged config (:func:`gridlm.configs.resolve_config`)."""
     if argv and argv[0] == "predict":
         argv = ["--submission.out" if a == "--out" else a.replace("--out=", "--submission.out=", 1) if a.startswith("--out=") else a for a in argv]
-    return argv
+    out = []
+    for i, a in enumerate(argv):
+        if i > 0 and argv[i - 1] in ("--config", "-c"):
+            a = resolve_config(a)
+        elif a.startswith("--config="):
+            a = "--config=" + resolve_config(a[len("--config=") :])
+        out.append(a)
+    return out
 
 
 def cli_main(args: Optional[list[str]] = None, run: bool = True, **kwargs: Any) -> GridLightningCLI:
@@ -257,7 +282,7 @@ def cli_main(args: Optional[list[str]] = None, run: bool = True, **kwargs: Any) 
 def main(argv: Optional[list[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in ("score", "show"):
-        from experiments import score, show
+        from gridlm.experiments import score, show
 
         return (score if argv[0] == "score" else show).main(argv[1:])
     # argv is sys.argv[1:] when run as the `gridlm` script: LightningCLI's "both args and sys.argv" warning is noise

@@ -2,7 +2,7 @@
 
 A study is a base config, a training budget, seeds, and named variants, each a few flags that
 differ from the base (an encoding, an order, an optimizer). Every run is a separate
-``python -m experiments.cli fit`` process, one after the other, with the same data, budget and
+``python -m gridlm.experiments.cli fit`` process, one after the other, with the same data, budget and
 seed list, ``--run_name <study>/<variant>/seed<k>`` and ``--study <study>`` (the wandb group).
 Its log folder gets ``run_summary.json`` (``callbacks/loss_logging.py``); the study then writes
 
@@ -49,9 +49,10 @@ from typing import Any, Optional, Sequence
 
 import yaml
 
-from callbacks.loss_logging import SUMMARY_FILE
+from gridlm.callbacks.loss_logging import SUMMARY_FILE
+from gridlm.configs import CONFIG_DIR
+from gridlm.configs import resolve_config as packaged_config
 
-REPO = Path(__file__).resolve().parents[1]
 NAME_RE = re.compile(r"^[A-Za-z0-9_.+=-]+$")  # study / variant names become folder names
 CSV_FIELDS = (
     "variant", "seed", "status", "reason", "steps", "tokens_seen", "val_loss", "val_cell_acc",
@@ -119,13 +120,12 @@ def load_study(path: str | Path) -> Study:
 
 
 def resolve_config(path: str) -> str:
-    """A config path as given if it exists, else relative to the repository (``configs/...``)."""
-    p = Path(path)
-    if p.is_file():
-        return str(p)
-    if not p.is_absolute() and (REPO / p).is_file():
-        return str(REPO / p)
-    raise FileNotFoundError(f"config file {path} not found (looked in {Path.cwd()} and {REPO})")
+    """A config path as given if it exists, else a packaged config (``quickstart``,
+    ``configs/quickstart.yaml``: see :func:`gridlm.configs.resolve_config`)."""
+    found = packaged_config(path)
+    if Path(found).is_file():
+        return found
+    raise FileNotFoundError(f"config file {path} not found (looked in {Path.cwd()} and the packaged configs {CONFIG_DIR})")
 
 
 def flag_value(value: Any) -> str:
@@ -141,7 +141,7 @@ def flag_value(value: Any) -> str:
 
 def fit_command(study: Study, variant: str, seed: int, out: Path, wandb_mode: str) -> list[str]:
     """The ``gridlm fit`` command line of one run (later flags win)."""
-    cmd = [sys.executable, "-m", "experiments.cli", "fit"]
+    cmd = [sys.executable, "-m", "gridlm.experiments.cli", "fit"]
     for cfg in study.base:
         cmd += ["--config", resolve_config(cfg)]
     flags: dict[str, Any] = dict(study.flags)

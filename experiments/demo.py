@@ -17,17 +17,16 @@ import json
 import sys
 from pathlib import Path
 
-from experiments.cli import cli_main
-from experiments.show import render_task
+from gridlm.experiments.cli import cli_main
+from gridlm.experiments.show import render_task
 
-ROOT = Path(__file__).resolve().parent.parent
-CONFIG = ROOT / "configs" / "quickstart.yaml"
+CONFIG = "quickstart"  # the packaged configs/quickstart.yaml
 METRICS = ("val/loss", "val/cell_acc", "val/exact_match")
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--config", default=str(CONFIG))
+    ap.add_argument("--config", default=CONFIG)
     ap.add_argument("extra", nargs="*", help="extra LightningCLI flags, e.g. --trainer.max_steps=50")
     args = ap.parse_args(argv)
     fit = cli_main(["fit", "--config", args.config, *args.extra])
@@ -43,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"checkpoint: {ckpt}")
     print(f"picture:    {picture}")
     print(f"logs:       {fit.trainer.log_dir}  (metrics.csv, config.yaml; wandb offline run in wandb/)")
-    print(f"reproduce:  gridlm validate --config {Path(args.config).relative_to(ROOT) if Path(args.config).is_relative_to(ROOT) else args.config} --ckpt_path {ckpt}")
+    print(f"reproduce:  gridlm validate --config {args.config} --ckpt_path {ckpt}")
     return 0
 
 

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from datamodules.tasks import ON_INVALID, Task, load_tasks
+from gridlm.datamodules.tasks import ON_INVALID, Task, load_tasks
 
 ATTEMPT_KEYS = ("attempt_1", "attempt_2")  # pass@2: two attempts per test output
 

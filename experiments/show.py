@@ -29,7 +29,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
 
-from datamodules.tasks import ON_INVALID, Task, load_tasks
+from gridlm.datamodules.tasks import ON_INVALID, Task, load_tasks
 
 # The ARC palette, colour index -> hex (as on arcprize.org and in the original ARC testing interface).
 ARC_COLOURS: tuple[str, ...] = (
@@ -182,7 +182,7 @@ def grids_to_image(grids: Sequence[tuple[str, np.ndarray | None]], panel_inches:
 
 def _attempts_from_submission(path: str, task: Task, test_index: int) -> list[np.ndarray | None]:
     """The two attempts for one test pair of ``task``; a missing task or entry gives ``None``s."""
-    from experiments.score import ATTEMPT_KEYS, as_grid, load_submission
+    from gridlm.experiments.score import ATTEMPT_KEYS, as_grid, load_submission
 
     entries = load_submission(path).get(task.task_id)
     if not isinstance(entries, list) or test_index >= len(entries) or not isinstance(entries[test_index], dict):

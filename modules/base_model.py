@@ -1,14 +1,14 @@
 """``AutoregressiveGridModel``: next-token training on serialized grid tasks, greedy decoding.
 
 Training minimises cross-entropy on the supervised positions (``target_mask``, see
-``datamodules.tokens``). Validation logs ``val/loss`` (nats per supervised token of the held-out
+``gridlm.datamodules.tokens``). Validation logs ``val/loss`` (nats per supervised token of the held-out
 query outputs; the demonstrations in the context are often training pairs), ``val/cell_acc``
 (teacher-forced accuracy on the query-output cells) and ``val/exact_match`` (free-running greedy
 decoding of the query output, constrained to the grid grammar, for the first ``n_generate``
 validation examples in loader order). With ``n_votes > 1`` those examples are also solved
-under augmentation voting (``modules.voting``) and ``val/pass1``/``val/pass2`` are logged;
+under augmentation voting (``gridlm.modules.voting``) and ``val/pass1``/``val/pass2`` are logged;
 ``predict`` then writes the top two voted grids, optionally after per-task test-time training
-(``ttt_steps``, ``modules.ttt``).
+(``ttt_steps``, ``gridlm.modules.ttt``).
 """
 
 from __future__ import annotations
@@ -23,17 +23,17 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchmetrics import MeanMetric
 
-from datamodules.augment import Augmentation
-from datamodules.batching import split_batch
-from datamodules.orders import OrderName
-from datamodules.tokens import ROLE_TEST_OUTPUT, VOCAB_SIZE
-from modules.decoding import Decoded, generate_grids
-from modules.encodings import Positions
-from modules.encodings.registry import EncodingName
-from modules.provenance import run_metadata
-from modules.ttt import TTTConfig, adapted
-from modules.voting import VotingConfig, batch_prompts, vote
-from modules.transformer import Transformer, TransformerConfig
+from gridlm.datamodules.augment import Augmentation
+from gridlm.datamodules.batching import split_batch
+from gridlm.datamodules.orders import OrderName
+from gridlm.datamodules.tokens import ROLE_TEST_OUTPUT, VOCAB_SIZE
+from gridlm.modules.decoding import Decoded, generate_grids
+from gridlm.modules.encodings import Positions
+from gridlm.modules.encodings.registry import EncodingName
+from gridlm.modules.provenance import run_metadata
+from gridlm.modules.ttt import TTTConfig, adapted
+from gridlm.modules.voting import VotingConfig, batch_prompts, vote
+from gridlm.modules.transformer import Transformer, TransformerConfig
 
 OptimizerFactory = Callable[[Iterable], torch.optim.Optimizer]
 SchedulerFactory = Callable[[torch.optim.Optimizer], torch.optim.lr_scheduler.LRScheduler]
@@ -113,13 +113,13 @@ class AutoregressiveGridModel(L.LightningModule):
             n_generate: validation examples decoded per validation for ``val/exact_match``: the
                 first ones in loader order, in total over devices (each of W devices decodes its
                 first ``n_generate / W``; 0: none).
-            n_votes: augmentations each decoded test input is solved under (``modules.voting``);
+            n_votes: augmentations each decoded test input is solved under (``gridlm.modules.voting``);
                 1 = plain greedy decoding. Above 1, validation also logs ``val/pass1`` and
                 ``val/pass2`` and ``predict`` writes the top two voted grids as the two attempts.
             vote_colours: voting augmentations also permute colours (else dihedral only).
             vote_keep_zero: colour permutations keep colour 0 (background) fixed.
             ttt_steps: ``predict`` fine-tunes a copy of the weights for this many AdamW steps on
-                each task's augmented leave-one-out demonstrations first (``modules.ttt``; 0: off).
+                each task's augmented leave-one-out demonstrations first (``gridlm.modules.ttt``; 0: off).
             ttt_lr: test-time training learning rate.
             ttt_batch_size: leave-one-out examples per test-time training step.
             ttt_augment: random dihedral transforms and colour permutations during test-time training.

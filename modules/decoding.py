@@ -19,8 +19,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from datamodules.orders import cell_order
-from datamodules.tokens import (
+from gridlm.datamodules.orders import cell_order
+from gridlm.datamodules.tokens import (
     GRID_END,
     HEIGHT_0,
     MAX_SIDE,
@@ -30,8 +30,8 @@ from datamodules.tokens import (
     VOCAB_SIZE,
     WIDTH_0,
 )
-from modules.encodings import Positions
-from modules.transformer import Transformer
+from gridlm.modules.encodings import Positions
+from gridlm.modules.transformer import Transformer
 
 
 @dataclass

@@ -2,7 +2,7 @@
 
 The base model (``modules/base_model.py``) writes the query output token by token, so an early
 mistake cannot be revised. The refiner is a *bidirectional* transformer (the same
-:class:`~modules.transformer.Transformer` with ``causal=False`` and the same positional
+:class:`~gridlm.modules.transformer.Transformer` with ``causal=False`` and the same positional
 encodings) over the serialized example whose query output block holds a draft
 (``datamodules/drafts.py``); a 10-way colour head on the draft's cell positions predicts the
 correct colour of every cell. At inference it is applied for up to ``n_passes`` passes, each
@@ -13,7 +13,7 @@ refinement of an answer, as in recursive-refinement ARC models such as TRM, Joli
 Training drafts mix two sources per example (a pure function of ``(seed, epoch, index)``):
 with probability ``draft_ratio`` the frozen base model's constrained greedy draft
 (``AutoregressiveGridModel.decode_batch``), otherwise the target with a synthetic error
-(``datamodules.drafts.corrupt``: cell flips, a shifted or a recoloured region; a denoising
+(``gridlm.datamodules.drafts.corrupt``: cell flips, a shifted or a recoloured region; a denoising
 objective). The loss is cross-entropy over every draft cell.
 
 Wrong-shape drafts: the refiner keeps the draft's shape, so it cannot repair a wrong shape. In
@@ -31,7 +31,6 @@ start of every training epoch; entries without augmentation can recur and are ke
 
 from __future__ import annotations
 
-import pickle
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
@@ -42,17 +41,17 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchmetrics import MeanMetric, SumMetric
 
-from callbacks.checkpointing import read_checkpoint
-from datamodules.augment import IDENTITY, Augmentation
-from datamodules.drafts import CORRUPTIONS, CorruptionName, cells_to_grids, corrupt, draft_batch, query_output_start
-from datamodules.orders import OrderName
-from datamodules.serialize import grid_token_count
-from datamodules.tokens import N_COLOURS, VOCAB_SIZE
-from modules.base_model import AutoregressiveGridModel, OptimizerFactory, default_optimizer, param_groups
-from modules.encodings import Positions
-from modules.encodings.registry import EncodingName
-from modules.provenance import run_metadata
-from modules.transformer import Transformer, TransformerConfig
+from gridlm.datamodules.augment import IDENTITY, Augmentation
+from gridlm.datamodules.drafts import CORRUPTIONS, CorruptionName, cells_to_grids, corrupt, draft_batch, query_output_start
+from gridlm.datamodules.orders import OrderName
+from gridlm.datamodules.serialize import grid_token_count
+from gridlm.datamodules.tokens import N_COLOURS, VOCAB_SIZE
+from gridlm.modules.checkpoints import model_from_checkpoint, read_checkpoint
+from gridlm.modules.base_model import AutoregressiveGridModel, OptimizerFactory, default_optimizer, param_groups
+from gridlm.modules.encodings import Positions
+from gridlm.modules.encodings.registry import EncodingName
+from gridlm.modules.provenance import run_metadata
+from gridlm.modules.transformer import Transformer, TransformerConfig
 
 Grid = Optional[np.ndarray]
 
@@ -63,22 +62,16 @@ def load_base_model(path: str, order: str, row_end: bool) -> AutoregressiveGridM
     if not Path(path).is_file():
         raise FileNotFoundError(f"model.base_checkpoint: no such file {path}")
     try:
-        checkpoint = read_checkpoint(path)  # one-line errors for files that are not checkpoints
+        checkpoint = read_checkpoint(path, "model.base_checkpoint")  # one-line errors for files that are not checkpoints
     except ValueError as err:
         raise ValueError(f"model.base_checkpoint: {err}") from None
-    hparams = checkpoint.get("hyper_parameters") if isinstance(checkpoint, dict) else None
-    if not isinstance(hparams, dict) or "d_model" not in hparams:
-        raise ValueError(f"model.base_checkpoint: {path} has no gridlm model hyperparameters; is it a Lightning checkpoint of gridlm fit?")
-    if "draft_ratio" in hparams:  # the same tensor names and shapes would load silently
+    hparams = checkpoint.get("hyper_parameters")
+    if isinstance(hparams, dict) and "draft_ratio" in hparams:  # the same tensor names and shapes would load silently
         raise ValueError(
             f"model.base_checkpoint: {path} is a RefinementNetwork checkpoint (bidirectional); "
             "pass the AutoregressiveGridModel checkpoint that writes the drafts"
         )
-    try:
-        base = AutoregressiveGridModel.load_from_checkpoint(path, map_location="cpu")
-    except (KeyError, RuntimeError, EOFError, pickle.UnpicklingError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ValueError(f"model.base_checkpoint: {path} is not an AutoregressiveGridModel checkpoint ({first})") from None
+    base = model_from_checkpoint(checkpoint, AutoregressiveGridModel, path, "model.base_checkpoint")
     if (base.order, base.row_end) != (order, row_end):
         raise ValueError(
             f"model.base_checkpoint {path} was trained with order={base.order!r}, row_end={base.row_end}; "
@@ -132,7 +125,7 @@ class RefinementNetwork(L.LightningModule):
                 refines corrupted targets).
             draft_ratio: fraction of training drafts taken from the base model; the rest are
                 corrupted targets.
-            corruptions: synthetic error kinds for corrupted targets (``datamodules.drafts.CORRUPTIONS``).
+            corruptions: synthetic error kinds for corrupted targets (``gridlm.datamodules.drafts.CORRUPTIONS``).
             corrupt_cell_prob: per-cell probability of the ``flip`` corruption.
             n_passes: refinement passes at inference (0: the output is the draft).
             seed: seed of the per-example draft choice and corruption.

@@ -1,7 +1,7 @@
 """A small pre-norm transformer over serialized grids, causal or bidirectional, with a KV cache.
 
 Pre-norm blocks (GPT-2 / nanoGPT layout) on ``F.scaled_dot_product_attention``; positional
-information comes from :class:`modules.encodings.EncodingStack` through its three slots
+information comes from :class:`gridlm.modules.encodings.EncodingStack` through its three slots
 (added to the embeddings, rotating q/k, or an attention bias).
 """
 
@@ -14,20 +14,20 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from modules.encodings import EncodingStack, Positions, apply_rotary_signed, signed_sin
-from modules.encodings.registry import parse_encoding_names
+from gridlm.modules.encodings import EncodingStack, Positions, apply_rotary_signed, signed_sin
+from gridlm.modules.encodings.registry import parse_encoding_names
 
 
 @dataclass
 class TransformerConfig:
-    vocab_size: int = 76  # from the DataModule (datamodules.tokens.VOCAB_SIZE); linked by the CLI
+    vocab_size: int = 76  # from the DataModule (gridlm.datamodules.tokens.VOCAB_SIZE); linked by the CLI
     max_seq_len: int = 2048  # longest sequence the position tables cover; linked from the DataModule
     d_model: int = 128  # residual width
     n_layers: int = 4  # transformer blocks
     n_heads: int = 4  # attention heads; d_model must divide evenly
     mlp_ratio: int = 4  # hidden width of the MLP = mlp_ratio * d_model (GPT-2 default)
     dropout: float = 0.0  # from-scratch training on small data; 0 keeps runs deterministic
-    encoding: Union[str, Sequence[str]] = "rope_1d"  # name or list of names from modules.encodings.ENCODINGS
+    encoding: Union[str, Sequence[str]] = "rope_1d"  # name or list of names from gridlm.modules.encodings.ENCODINGS
     tie_embeddings: bool = True  # share the token embedding with the output head (fewer params)
     causal: bool = True  # False for the bidirectional refiner
     bias: bool = False  # biases in Linear layers (litgpt/nanoGPT default: off)

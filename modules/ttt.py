@@ -3,7 +3,7 @@
 Test-time fine-tuning on augmented leave-one-out versions of the demonstrations is what lifted
 the ARC Prize 2024 leaders (Akyürek et al., "The Surprising Effectiveness of Test-Time Training
 for Abstract Reasoning", 2024; Franzen et al., "The LLM ARChitect", 2024): every demonstration
-becomes a query once with the others as context (``datamodules.datamodule.build_specs``, split
+becomes a query once with the others as context (``gridlm.datamodules.datamodule.build_specs``, split
 ``"train"``), each drawn under a random dihedral transform and colour permutation, and the model
 takes ``steps`` plain AdamW steps on them.
 
@@ -27,14 +27,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from datamodules.augment import random_augmentation
-from datamodules.batching import collate
-from datamodules.datamodule import build_specs
-from datamodules.serialize import serialize_example
-from datamodules.tasks import Pair, Task
-from datamodules.tokens import TARGET_POLICIES
-from modules.encodings import Positions
-from modules.transformer import Transformer
+from gridlm.datamodules.augment import random_augmentation
+from gridlm.datamodules.batching import collate
+from gridlm.datamodules.datamodule import build_specs
+from gridlm.datamodules.serialize import serialize_example
+from gridlm.datamodules.tasks import Pair, Task
+from gridlm.datamodules.tokens import TARGET_POLICIES
+from gridlm.modules.encodings import Positions
+from gridlm.modules.transformer import Transformer
 
 
 @dataclass(frozen=True)
@@ -49,7 +49,7 @@ class TTTConfig:
     keep_zero: bool = True  # keep colour 0 (background) fixed when permuting colours
     weight_decay: float = 0.0  # AdamW weight decay (0: stay close to the base model)
     grad_clip: Optional[float] = 1.0  # clip the gradient norm (None: no clipping)
-    target_policy: str = "all_outputs"  # supervised tokens (``datamodules.tokens.TARGET_POLICIES``)
+    target_policy: str = "all_outputs"  # supervised tokens (``gridlm.datamodules.tokens.TARGET_POLICIES``)
     seed: int = 0  # with the task id, seeds the examples and augmentations drawn
 
     def __post_init__(self) -> None:

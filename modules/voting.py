@@ -22,14 +22,14 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from datamodules.augment import Augmentation
-from datamodules.batching import collate
-from datamodules.serialize import deserialize, serialize_example
-from datamodules.tasks import Pair
-from datamodules.tokens import N_COLOURS, ROLE_TEST_OUTPUT
-from modules.decoding import Decoded, generate_grids
-from modules.encodings import Positions
-from modules.transformer import Transformer
+from gridlm.datamodules.augment import Augmentation
+from gridlm.datamodules.batching import collate
+from gridlm.datamodules.serialize import deserialize, serialize_example
+from gridlm.datamodules.tasks import Pair
+from gridlm.datamodules.tokens import N_COLOURS, ROLE_TEST_OUTPUT
+from gridlm.modules.decoding import Decoded, generate_grids
+from gridlm.modules.encodings import Positions
+from gridlm.modules.transformer import Transformer
 
 
 @dataclass(frozen=True)

@@ -7,14 +7,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from datamodules.augment import (
+from gridlm.datamodules.augment import (
     DIHEDRAL_NAMES,
     IDENTITY,
     Augmentation,
     all_dihedral,
     random_augmentation,
 )
-from datamodules.tasks import Pair
+from gridlm.datamodules.tasks import Pair
 
 ASYMMETRIC = np.array([[1, 2, 3], [4, 5, 6]])  # 2 x 3, all colours distinct
 

@@ -6,9 +6,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from datamodules.datamodule import GridDataModule
-from datamodules.tokens import ROLE_TEST_OUTPUT
-from modules.base_model import AutoregressiveGridModel, positions_of
+from gridlm.datamodules.datamodule import GridDataModule
+from gridlm.datamodules.tokens import ROLE_TEST_OUTPUT
+from gridlm.modules.base_model import AutoregressiveGridModel, positions_of
 
 
 @pytest.fixture(scope="module")

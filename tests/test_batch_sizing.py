@@ -11,16 +11,16 @@ import pytest
 import torch
 from lightning.pytorch.loggers import CSVLogger
 
-from callbacks.schedule_free import ScheduleFreeMode
-from callbacks.batch_sizing import (
+from gridlm.callbacks.schedule_free import ScheduleFreeMode
+from gridlm.callbacks.batch_sizing import (
     MemoryAwareBatchSize,
     choose_micro_batch,
     exhaustive_max,
     parse_budget,
     worst_case_batch,
 )
-from datamodules.datamodule import GridDataModule
-from modules.base_model import AutoregressiveGridModel
+from gridlm.datamodules.datamodule import GridDataModule
+from gridlm.modules.base_model import AutoregressiveGridModel
 from test_cli import read_metrics, tiny_flags
 
 # ---------------------------------------------------------------- the search, on simulated memory
@@ -194,10 +194,10 @@ def test_worst_case_batch_is_the_longest_bucket():
 
 
 def test_cli_fit_with_the_callback(tmp_path):
-    from experiments.cli import cli_main
+    from gridlm.experiments.cli import cli_main
 
     flags = tiny_flags(tmp_path, steps=2)
-    flags += ["--trainer.callbacks+=callbacks.batch_sizing.MemoryAwareBatchSize", "--trainer.callbacks.budget=0.95"]
+    flags += ["--trainer.callbacks+=gridlm.callbacks.batch_sizing.MemoryAwareBatchSize", "--trainer.callbacks.budget=0.95"]
     cli = cli_main(["fit", *flags])
     assert cli.model.micro_batch_size == 4  # data.batch_size 4 of tiny_flags fits whole
     ckpt = torch.load(cli.trainer.checkpoint_callback.last_model_path, weights_only=False)

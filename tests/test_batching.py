@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from datamodules.batching import BucketBatchSampler, pad_fraction
+from gridlm.datamodules.batching import BucketBatchSampler, pad_fraction
 
 
 @pytest.fixture
@@ -75,7 +75,7 @@ def test_evaluation_repeats_only_when_there_are_fewer_examples_than_ranks():
 
 
 def test_predict_shards_deal_whole_tasks_to_ranks():
-    from datamodules.datamodule import shard_by_task
+    from gridlm.datamodules.datamodule import shard_by_task
 
     task_ids = ["a", "a", "b", "c", "c", "c", "d", "e"]
     shards = [shard_by_task(task_ids, 3, r) for r in range(3)]

@@ -9,10 +9,10 @@ import math
 import pytest
 import torch
 
-from experiments import benchmark
-from modules.encodings import Positions
-from modules.encodings.base import check_below
-from modules.transformer import Transformer, TransformerConfig
+from gridlm.experiments import benchmark
+from gridlm.modules.encodings import Positions
+from gridlm.modules.encodings.base import check_below
+from gridlm.modules.transformer import Transformer, TransformerConfig
 from test_cli import read_metrics, tiny_flags
 
 TOY = benchmark.BenchConfig(
@@ -24,7 +24,7 @@ TOY = benchmark.BenchConfig(
 @pytest.mark.slow  # ~20 s on 2 idle cores: seven sections, three Lightning fits, ARC-AGI-1 loaded thrice
 def test_toy_benchmark_writes_every_key(tmp_path):
     results = benchmark.run(TOY, log=lambda msg: None)
-    json_path, md_path = benchmark.write_outputs(results, tmp_path, "python -m experiments.benchmark --toy")
+    json_path, md_path = benchmark.write_outputs(results, tmp_path, "python -m gridlm.experiments.benchmark --toy")
     data = json.loads(json_path.read_text())
     keys = ["lightning_vs_plain", "vs_x_transformers", "peak_fraction", "pad_fraction_bucketed", "pad_fraction_naive",
             "kv_cache_speedup", "batch_probe_ratio", "encoding_step_time_vs_none"]
@@ -130,7 +130,7 @@ def test_alibi_mask_matches_bias_plus_causal_and_runs_in_bf16():
 
 
 def test_fit_runs_in_bf16_mixed_on_cpu(tmp_path):
-    from experiments.cli import cli_main
+    from gridlm.experiments.cli import cli_main
 
     cli = cli_main(["fit", *tiny_flags(tmp_path, steps=3, **{"--trainer.precision": "bf16-mixed"})])
     assert cli.trainer.precision == "bf16-mixed"

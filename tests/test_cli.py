@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from experiments.cli import cli_main, main
+from gridlm.experiments.cli import cli_main, main
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -172,13 +172,13 @@ def test_broken_task_file_stops_with_one_line(tmp_path, capsys):
 
 
 def _encoding_names():
-    from modules.encodings import ENCODINGS
+    from gridlm.modules.encodings import ENCODINGS
 
     return sorted(ENCODINGS)
 
 
 def _order_names():
-    from datamodules.orders import ORDERS
+    from gridlm.datamodules.orders import ORDERS
 
     return sorted(ORDERS)
 

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from experiments import compare
-from experiments.cli import cli_main
-from experiments.compare import Study, fit_command, load_study, main, study_from_flags
+from gridlm.experiments import compare
+from gridlm.experiments.cli import cli_main
+from gridlm.experiments.compare import Study, fit_command, load_study, main, study_from_flags
 from test_cli import CONFIGS, tiny_flags
 
 STUDIES = sorted((CONFIGS / "studies").glob("*.yaml"))
@@ -42,7 +42,7 @@ def test_every_study_file_builds_valid_fit_commands(path, tmp_path):
     parser = None
     for variant in study.variants:
         cmd = fit_command(study, variant, study.seeds[0], tmp_path, "disabled")
-        assert cmd[1:4] == ["-m", "experiments.cli", "fit"]
+        assert cmd[1:4] == ["-m", "gridlm.experiments.cli", "fit"]
         if parser is None:  # build (and instantiate) the real CLI once, then parse the others
             parser = cli_main(cmd[4:], run=False).parser  # run=False: no subcommand
         config = parser.parse_args(cmd[4:])
@@ -62,7 +62,7 @@ def test_optimizers_study_schedule_matches_the_budget():
 
 
 def test_encodings_study_covers_every_encoding():
-    from modules.encodings import ENCODINGS
+    from gridlm.modules.encodings import ENCODINGS
 
     study = load_study(CONFIGS / "studies" / "encodings_arc1.yaml")
     assert sorted(v["model.encoding"] for v in study.variants.values()) == sorted(ENCODINGS)

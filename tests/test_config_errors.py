@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 
-from datamodules.orders import ORDERS
-from experiments.cli import main
-from experiments.cli_errors import one_line_error
-from modules.encodings import ENCODINGS
+from gridlm.datamodules.orders import ORDERS
+from gridlm.experiments.cli import main
+from gridlm.experiments.cli_errors import one_line_error
+from gridlm.modules.encodings import ENCODINGS
 from test_cli import CONFIGS
 
 QUICK = ["--config", str(CONFIGS / "quickstart.yaml")]

@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from datamodules.augment import Augmentation
-from datamodules.datamodule import GridDataModule, build_specs
-from datamodules.serialize import deserialize
-from datamodules.tasks import Pair, Task
-from datamodules.tokens import BOS, PAD, ROLE_TEST_OUTPUT, VOCAB_SIZE
+from gridlm.datamodules.augment import Augmentation
+from gridlm.datamodules.datamodule import GridDataModule, build_specs
+from gridlm.datamodules.serialize import deserialize
+from gridlm.datamodules.tasks import Pair, Task
+from gridlm.datamodules.tokens import BOS, PAD, ROLE_TEST_OUTPUT, VOCAB_SIZE
 
 
 def grid(h, w, value):

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from experiments.cli import cli_main
+from gridlm.experiments.cli import cli_main
 from test_cli import read_metrics, tiny_flags
 
 STEPS = 6
@@ -37,7 +37,7 @@ DECODE_ALL = {"--model.n_generate": "8"}
 def _fit(root: Path, *extra: str, batch_size: int) -> subprocess.CompletedProcess:
     flags = tiny_flags(root, steps=STEPS, **{"--data.batch_size": str(batch_size), "--wandb_mode": "offline", **DECODE_ALL})
     env = {**os.environ, "WANDB_MODE": "offline", "WANDB_DIR": str(root), "WANDB_SILENT": "true"}
-    return subprocess.run([sys.executable, "-m", "experiments.cli", "fit", *flags, *extra], cwd=root.parent, env=env,
+    return subprocess.run([sys.executable, "-m", "gridlm.experiments.cli", "fit", *flags, *extra], cwd=root.parent, env=env,
                           capture_output=True, text=True, timeout=900)
 
 
@@ -81,7 +81,7 @@ def test_ddp_two_cpu_ranks_match_one_process(tmp_path):
     flags = tiny_flags(tmp_path / "pred", **{"--model.n_votes": "2"})
     sub_ddp, sub_one = tmp_path / "ddp.json", tmp_path / "one.json"
     env = {**os.environ, "WANDB_MODE": "disabled"}
-    pred = subprocess.run([sys.executable, "-m", "experiments.cli", "predict", *flags, "--ckpt_path", str(ckpt), "--out", str(sub_ddp),
+    pred = subprocess.run([sys.executable, "-m", "gridlm.experiments.cli", "predict", *flags, "--ckpt_path", str(ckpt), "--out", str(sub_ddp),
                            "--trainer.strategy", "ddp", "--trainer.devices", "2", "--trainer.accelerator", "cpu"],
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)  # fmt: skip
     assert pred.returncode == 0, pred.stderr[-3000:]
@@ -95,9 +95,9 @@ ALLREDUCE_PROBE = '''
 import json, sys
 import lightning as L
 import torch
-from callbacks.schedule_free import ScheduleFreeMode
-from datamodules.datamodule import GridDataModule
-from modules.base_model import AutoregressiveGridModel
+from gridlm.callbacks.schedule_free import ScheduleFreeMode
+from gridlm.datamodules.datamodule import GridDataModule
+from gridlm.modules.base_model import AutoregressiveGridModel
 
 
 class Probe(L.Callback):

@@ -6,14 +6,14 @@ import numpy as np
 import pytest
 import torch
 
-from datamodules.batching import collate
-from datamodules.orders import ORDERS
-from datamodules.serialize import serialize_example
-from datamodules.tasks import Pair
-from modules.base_model import positions_of
-from modules.decoding import generate_grids
-from modules.encodings import ENCODINGS
-from modules.transformer import Transformer, TransformerConfig
+from gridlm.datamodules.batching import collate
+from gridlm.datamodules.orders import ORDERS
+from gridlm.datamodules.serialize import serialize_example
+from gridlm.datamodules.tasks import Pair
+from gridlm.modules.base_model import positions_of
+from gridlm.modules.decoding import generate_grids
+from gridlm.modules.encodings import ENCODINGS
+from gridlm.modules.transformer import Transformer, TransformerConfig
 
 
 def prompt(order: str, side: int = 4):
@@ -62,7 +62,7 @@ class PreferBig(torch.nn.Module):
         self.cfg = TransformerConfig(max_seq_len=max_seq_len, d_model=16, n_heads=2, encoding="none")
 
     def forward(self, tokens, positions, cache=None):
-        from datamodules.tokens import HEIGHT_0, PAD, VOCAB_SIZE, WIDTH_0
+        from gridlm.datamodules.tokens import HEIGHT_0, PAD, VOCAB_SIZE, WIDTH_0
 
         logits = torch.zeros(*tokens.shape, VOCAB_SIZE)
         logits[..., [HEIGHT_0 + 30, WIDTH_0 + 30]] = 5.0

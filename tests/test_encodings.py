@@ -10,7 +10,7 @@ import pytest
 import torch
 import yaml
 
-from modules.encodings import (
+from gridlm.modules.encodings import (
     ENCODINGS,
     EncodingName,
     EncodingStack,
@@ -20,10 +20,10 @@ from modules.encodings import (
     parse_encoding_names,
     signed_sin,
 )
-from modules.encodings import reference as ref
-from modules.encodings.additive import quadtree_code
-from modules.encodings.bias import alibi_slopes
-from modules.transformer import Transformer, TransformerConfig
+from gridlm.modules.encodings import reference as ref
+from gridlm.modules.encodings.additive import quadtree_code
+from gridlm.modules.encodings.bias import alibi_slopes
+from gridlm.modules.transformer import Transformer, TransformerConfig
 
 D_MODEL, N_HEADS, MAX_LEN = 16, 2, 96  # head_dim 8: divisible by 4 for rope_2d
 NAMES = sorted(ENCODINGS)
@@ -50,7 +50,7 @@ def make(name: str, **kw):
 
 
 def sequence(shapes, offset=(0, 0)):
-    """Token metadata of a serialized task in the layout of ``datamodules.tokens``: BOS, then per
+    """Token metadata of a serialized task in the layout of ``gridlm.datamodules.tokens``: BOS, then per
     grid ``marker, H, W, cells (row-major), GRID_END``. Cells are shifted by ``offset``."""
     row, col, grid = [-1], [-1], [-1]  # BOS
     for g, (h, w) in enumerate(shapes):
@@ -69,7 +69,7 @@ def sequence(shapes, offset=(0, 0)):
 
 
 def batch(*seqs, pos_offset=0) -> Positions:
-    """Right-pad sequences (PAD: -1 coordinates), as ``datamodules.batching.collate`` does."""
+    """Right-pad sequences (PAD: -1 coordinates), as ``gridlm.datamodules.batching.collate`` does."""
     T = max(len(s[0]) for s in seqs)
     pad = lambda xs: xs + [-1] * (T - len(xs))  # noqa: E731
     row = torch.tensor([pad(s[0]) for s in seqs])

@@ -17,9 +17,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from datamodules.serialize import deserialize, parse_grid, serialize_example
-from datamodules.tasks import Pair, TaskFormatError, TaskFormatWarning, load_json_dir, load_task_file, parse_task, validate_grid
-from datamodules.tokens import VOCAB_SIZE
+from gridlm.datamodules.serialize import deserialize, parse_grid, serialize_example
+from gridlm.datamodules.tasks import Pair, TaskFormatError, TaskFormatWarning, load_json_dir, load_task_file, parse_task, validate_grid
+from gridlm.datamodules.tokens import VOCAB_SIZE
 
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 

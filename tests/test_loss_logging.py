@@ -10,10 +10,10 @@ import pytest
 import schedulefree
 import torch
 
-from callbacks.loss_logging import LossLogging, effective_lr
-from datamodules.tokens import ROLE_DEMO_OUTPUT, ROLE_TEST_OUTPUT
-from experiments.cli import cli_main
-from modules.provenance import config_hash
+from gridlm.callbacks.loss_logging import LossLogging, effective_lr
+from gridlm.datamodules.tokens import ROLE_DEMO_OUTPUT, ROLE_TEST_OUTPUT
+from gridlm.experiments.cli import cli_main
+from gridlm.modules.provenance import config_hash
 from test_cli import read_metrics, tiny_flags
 
 

@@ -7,7 +7,7 @@ from typing import get_args
 import numpy as np
 import pytest
 
-from datamodules.orders import ORDERS, ROW_WISE_ORDERS, OrderName, cell_order, cell_rank, reference_cell_order
+from gridlm.datamodules.orders import ORDERS, ROW_WISE_ORDERS, OrderName, cell_order, cell_rank, reference_cell_order
 
 SIDES = range(1, 31)
 SHAPES = [(h, w) for h in SIDES for w in SIDES]  # all 900 ARC shapes

@@ -10,13 +10,13 @@ import pytest
 import torch
 import yaml
 
-from datamodules.datamodule import GridDataModule
-from datamodules.drafts import CORRUPTIONS, corrupt, draft_batch
-from datamodules.serialize import serialize_example
-from datamodules.tasks import Pair
-from experiments.cli import cli_main, main
-from modules.base_model import AutoregressiveGridModel
-from modules.refiner import RefinementNetwork
+from gridlm.datamodules.datamodule import GridDataModule
+from gridlm.datamodules.drafts import CORRUPTIONS, corrupt, draft_batch
+from gridlm.datamodules.serialize import serialize_example
+from gridlm.datamodules.tasks import Pair
+from gridlm.experiments.cli import cli_main, main
+from gridlm.modules.base_model import AutoregressiveGridModel
+from gridlm.modules.refiner import RefinementNetwork
 from test_cli import read_metrics, tiny_flags
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -45,7 +45,7 @@ class _FakeDecoder:
         self.device = torch.device("cpu")
 
     def decode_batch(self, batch, rows):
-        from modules.decoding import Decoded
+        from gridlm.modules.decoding import Decoded
 
         self.rows += len(rows)
         out = []
@@ -122,7 +122,7 @@ def test_zero_passes_return_the_draft_and_passes_stop_when_nothing_changes():
 
 def test_panel_grids_show_input_target_draft_and_refined():
     """What WandbTracking draws for a refiner run (it drew nothing: it asked for decode_batch)."""
-    from experiments.show import grids_to_image
+    from gridlm.experiments.show import grids_to_image
 
     batch = next(iter(_datamodule().val_dataloader()))
     model = RefinementNetwork(**TINY, draft_ratio=0.0).eval()
@@ -213,7 +213,7 @@ def test_refiner_config_reuses_the_quickstart_data_block():
     refiner = yaml.safe_load((CONFIGS / "refiner.yaml").read_text())
     quick = yaml.safe_load((CONFIGS / "quickstart.yaml").read_text())
     assert refiner["data"] == quick["data"]
-    assert refiner["model"]["class_path"] == "modules.refiner.RefinementNetwork"
+    assert refiner["model"]["class_path"] == "gridlm.modules.refiner.RefinementNetwork"
 
 
 # ---------------------------------------------------------------- the real CLI
@@ -246,7 +246,7 @@ def test_cli_fit_validate_predict_with_an_untrained_base(tmp_path):
 
 # ---------------------------------------------------------------- the gain, measured
 def _trainer(root: Path, **kw) -> L.Trainer:
-    from callbacks.schedule_free import ScheduleFreeMode
+    from gridlm.callbacks.schedule_free import ScheduleFreeMode
 
     return L.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
                      enable_model_summary=False, num_sanity_val_steps=0, callbacks=[ScheduleFreeMode()], default_root_dir=root,

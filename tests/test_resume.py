@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 import torch
 
-from callbacks.checkpointing import AtomicCheckpointIO, check_compatible
-from datamodules.batching import BucketBatchSampler
-from datamodules.resumable import ResumableDataLoader
-from experiments.cli import cli_main, main
+from gridlm.callbacks.checkpointing import AtomicCheckpointIO, check_compatible
+from gridlm.datamodules.batching import BucketBatchSampler
+from gridlm.datamodules.resumable import ResumableDataLoader
+from gridlm.experiments.cli import cli_main, main
 from test_cli import tiny_flags
 
 # every 2 steps a checkpoint (and the `last` copy); every one kept so a run can resume from any
@@ -110,7 +110,7 @@ def test_resume_mid_epoch_is_bit_exact(tmp_path):
 # ---------------------------------------------------------------- kill -9 and resume
 def _fit_process(root: Path, steps: int, *extra: str, **popen) -> subprocess.Popen:
     env = {**os.environ, "WANDB_MODE": "disabled", "GRIDLM_DEBUG": ""}
-    args = [sys.executable, "-m", "experiments.cli", "fit", *flags(root, steps), *extra]
+    args = [sys.executable, "-m", "gridlm.experiments.cli", "fit", *flags(root, steps), *extra]
     return subprocess.Popen(args, cwd=root.parent, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, **popen)
 
 
@@ -130,7 +130,7 @@ def test_sigkill_then_ckpt_path_last_reproduces_the_uninterrupted_losses(tmp_pat
     steps = 24
     ref = tmp_path / "ref"
     ref.mkdir()
-    assert subprocess.run([sys.executable, "-m", "experiments.cli", "fit", *flags(ref, steps)], cwd=tmp_path,
+    assert subprocess.run([sys.executable, "-m", "gridlm.experiments.cli", "fit", *flags(ref, steps)], cwd=tmp_path,
                           env={**os.environ, "WANDB_MODE": "disabled"}, capture_output=True).returncode == 0
     run = tmp_path / "run"
     run.mkdir()
@@ -143,7 +143,7 @@ def test_sigkill_then_ckpt_path_last_reproduces_the_uninterrupted_losses(tmp_pat
     killed_at = torch.load(last, weights_only=True)["global_step"]  # a complete file, never half written
     # ModelCheckpoint writes step=6.ckpt before it rewrites last.ckpt: the kill may land in between
     assert 4 <= killed_at < steps, "the kill must land mid-run"
-    resumed = subprocess.run([sys.executable, "-m", "experiments.cli", "fit", *flags(run, steps), "--ckpt_path", "last"],
+    resumed = subprocess.run([sys.executable, "-m", "gridlm.experiments.cli", "fit", *flags(run, steps), "--ckpt_path", "last"],
                              cwd=tmp_path, env={**os.environ, "WANDB_MODE": "disabled"}, capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert f"Restoring states from the checkpoint path at {last}" in resumed.stderr
@@ -174,7 +174,7 @@ def test_signal_saves_a_last_checkpoint_and_exits(tmp_path, sig, code):
 
 # ---------------------------------------------------------------- non-finite stop
 def test_nonfinite_losses_stop_with_one_line_and_a_valid_last_checkpoint(tmp_path, capsys, monkeypatch):
-    from modules.base_model import AutoregressiveGridModel
+    from gridlm.modules.base_model import AutoregressiveGridModel
 
     real = AutoregressiveGridModel.token_losses
 
@@ -253,7 +253,7 @@ def test_incompatible_checkpoint_names_the_fields(small_ckpt, tmp_path, capsys):
 
 
 def test_shape_mismatch_without_hparams_names_tensors(small_ckpt):
-    from modules.base_model import AutoregressiveGridModel
+    from gridlm.modules.base_model import AutoregressiveGridModel
 
     ckpt = torch.load(small_ckpt, weights_only=True)
     ckpt.pop("hyper_parameters")

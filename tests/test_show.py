@@ -10,8 +10,8 @@ import pytest
 from matplotlib.colors import to_rgb
 from matplotlib.figure import Figure
 
-from datamodules.tasks import Pair, Task
-from experiments.show import ARC_COLOURS, figure_to_array, grids_to_image, main, render_grid, render_task
+from gridlm.datamodules.tasks import Pair, Task
+from gridlm.experiments.show import ARC_COLOURS, figure_to_array, grids_to_image, main, render_grid, render_task
 
 
 def rgb(hex_colour: str) -> np.ndarray:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from datamodules.synthetic import FAMILIES, make_task, make_tasks
-from datamodules.tasks import Task, validate_grid
+from gridlm.datamodules.synthetic import FAMILIES, make_task, make_tasks
+from gridlm.datamodules.tasks import Task, validate_grid
 
 REQUIRED = [
     "flip_h",

@@ -9,7 +9,7 @@ import warnings
 import numpy as np
 import pytest
 
-from datamodules.tasks import (
+from gridlm.datamodules.tasks import (
     SOURCES,
     Pair,
     Task,

@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from modules.encodings import Positions
-from modules.transformer import Transformer, TransformerConfig
+from gridlm.modules.encodings import Positions
+from gridlm.modules.transformer import Transformer, TransformerConfig
 
 
 def tiny(**kw):

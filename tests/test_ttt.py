@@ -9,15 +9,15 @@ import numpy as np
 import pytest
 import torch
 
-from datamodules.batching import collate
-from datamodules.serialize import serialize_example
-from datamodules.tasks import Pair
-from experiments.cli import cli_main
-from modules.base_model import AutoregressiveGridModel, positions_of
-from modules.decoding import generate_grids
-from modules.transformer import Transformer, TransformerConfig
-from modules.ttt import TTTConfig, adapt, adapted
-from experiments.demo import render_prediction
+from gridlm.datamodules.batching import collate
+from gridlm.datamodules.serialize import serialize_example
+from gridlm.datamodules.tasks import Pair
+from gridlm.experiments.cli import cli_main
+from gridlm.modules.base_model import AutoregressiveGridModel, positions_of
+from gridlm.modules.decoding import generate_grids
+from gridlm.modules.transformer import Transformer, TransformerConfig
+from gridlm.modules.ttt import TTTConfig, adapt, adapted
+from gridlm.experiments.demo import render_prediction
 from test_cli import CONFIGS, tiny_flags
 
 
@@ -129,7 +129,7 @@ def test_predict_step_adapts_per_task_and_restores(monkeypatch):
         seen.append((key, len(demos)))
         return real(m, demos, order, row_end, config, key)
 
-    monkeypatch.setattr("modules.base_model.adapted", spy)
+    monkeypatch.setattr("gridlm.modules.base_model.adapted", spy)
     monkeypatch.setattr(model, "decode_batch", lambda batch, rows: [greedy(model.model, flip_demos(), np.zeros((2, 2), int)) for _ in rows])
     seqs = []
     for i, (tid, n) in enumerate([("a", 3), ("a", 3), ("b", 2)]):

@@ -9,16 +9,16 @@ import numpy as np
 import pytest
 import torch
 
-import modules.voting as voting
-from datamodules.augment import Augmentation
-from datamodules.batching import collate
-from datamodules.serialize import serialize_example
-from datamodules.tasks import Pair
-from experiments.cli import cli_main, write_submission
-from modules.base_model import AutoregressiveGridModel
-from modules.decoding import Decoded
-from modules.transformer import Transformer, TransformerConfig
-from modules.voting import VotingConfig, prompt_pairs, rank_candidates, vote
+import gridlm.modules.voting as voting
+from gridlm.datamodules.augment import Augmentation
+from gridlm.datamodules.batching import collate
+from gridlm.datamodules.serialize import serialize_example
+from gridlm.datamodules.tasks import Pair
+from gridlm.experiments.cli import cli_main, write_submission
+from gridlm.modules.base_model import AutoregressiveGridModel
+from gridlm.modules.decoding import Decoded
+from gridlm.modules.transformer import Transformer, TransformerConfig
+from gridlm.modules.voting import VotingConfig, prompt_pairs, rank_candidates, vote
 from test_cli import read_metrics, tiny_flags
 
 RNG = np.random.default_rng(7)
@@ -203,7 +203,7 @@ def test_fit_with_voting_logs_pass1_and_pass2(tmp_path):
 
 
 def test_score_max_tasks_scores_the_first_tasks_only(tmp_path, capsys):
-    from experiments.score import main as score_main
+    from gridlm.experiments.score import main as score_main
 
     root = tmp_path / "tasks"
     root.mkdir()

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from experiments.cli import cli_main
+from gridlm.experiments.cli import cli_main
 from test_cli import read_metrics, tiny_flags
 
 
@@ -64,7 +64,7 @@ def test_bad_key_and_unreachable_server_in_a_real_process(tmp_path):
     }
     start = time.monotonic()
     proc = subprocess.run(
-        [sys.executable, "-m", "experiments.cli", "fit", *wandb_flags(tmp_path)],
+        [sys.executable, "-m", "gridlm.experiments.cli", "fit", *wandb_flags(tmp_path)],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
     )
     elapsed = time.monotonic() - start

@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 from wandb.proto import wandb_internal_pb2 as pb
 
-from callbacks.wandb_tracking import GridWandbLogger, WandbTracking, resolve_mode
-from experiments.cli import cli_main
-from modules.provenance import config_hash
+from gridlm.callbacks.wandb_tracking import GridWandbLogger, WandbTracking, resolve_mode
+from gridlm.experiments.cli import cli_main
+from gridlm.modules.provenance import config_hash
 from test_cli import read_metrics, tiny_flags
 
 BLOCK = 32 * 1024
@@ -130,12 +130,12 @@ def test_disabled_wandb_makes_tracking_a_no_op(tmp_path):
 
 
 def test_a_wandb_error_is_one_warning_and_training_goes_on(tmp_path, monkeypatch):
-    import experiments.show
+    import gridlm.experiments.show
 
     def broken(*args, **kwargs):
         raise RuntimeError("no pictures today")
 
-    monkeypatch.setattr(experiments.show, "grids_to_image", broken)
+    monkeypatch.setattr(gridlm.experiments.show, "grids_to_image", broken)
     flags = {"--wandb_mode": "offline", "--trainer.val_check_interval": "1"}
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

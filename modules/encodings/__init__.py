@@ -1,6 +1,6 @@
 """Positional encodings for serialized grids, chosen by name (see ``registry.py``)."""
 
-from modules.encodings.base import (
+from gridlm.modules.encodings.base import (
     AdditiveEncoding,
     BiasEncoding,
     PositionalEncoding,
@@ -10,7 +10,7 @@ from modules.encodings.base import (
     apply_rotary_signed,
     signed_sin,
 )
-from modules.encodings.registry import ENCODINGS, EncodingName, EncodingStack, parse_encoding_names
+from gridlm.modules.encodings.registry import ENCODINGS, EncodingName, EncodingStack, parse_encoding_names
 
 __all__ = [
     "AdditiveEncoding",

@@ -26,8 +26,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from datamodules.tokens import MAX_SIDE
-from modules.encodings.base import AdditiveEncoding, Positions, check_below
+from gridlm.datamodules.tokens import MAX_SIDE
+from gridlm.modules.encodings.base import AdditiveEncoding, Positions, check_below
 
 QUADTREE_LEVELS = 5  # 2**5 = 32 >= MAX_SIDE: the frame the quadrant path lives in
 QUADTREE_FRAME = 2**QUADTREE_LEVELS

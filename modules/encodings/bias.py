@@ -12,7 +12,7 @@ import math
 import torch
 from torch import Tensor
 
-from modules.encodings.base import BiasEncoding, Positions
+from gridlm.modules.encodings.base import BiasEncoding, Positions
 
 
 def alibi_slopes(n_heads: int) -> list[float]:

@@ -17,7 +17,7 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
-from modules.encodings.base import PositionalEncoding, Positions
+from gridlm.modules.encodings.base import PositionalEncoding, Positions
 
 N_SIDE = 30  # ARC grids are at most 30x30
 N_LEVELS = 5  # quadtree levels in a 32x32 frame

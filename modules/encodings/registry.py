@@ -10,10 +10,10 @@ from typing import Literal, Sequence, Union, get_args
 
 from torch import Tensor, nn
 
-from modules.encodings.additive import Learned1D, OneHot2D, Quadtree2D, Sinusoidal1D, Sinusoidal2D
-from modules.encodings.base import NoEncoding, PositionalEncoding, Positions
-from modules.encodings.bias import Alibi2D
-from modules.encodings.rotary import Rope1D, Rope2D
+from gridlm.modules.encodings.additive import Learned1D, OneHot2D, Quadtree2D, Sinusoidal1D, Sinusoidal2D
+from gridlm.modules.encodings.base import NoEncoding, PositionalEncoding, Positions
+from gridlm.modules.encodings.bias import Alibi2D
+from gridlm.modules.encodings.rotary import Rope1D, Rope2D
 
 EncodingName = Literal[
     "none",

@@ -20,8 +20,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from datamodules.tokens import MAX_SIDE
-from modules.encodings.base import Positions, RotaryEncoding, check_below
+from gridlm.datamodules.tokens import MAX_SIDE
+from gridlm.modules.encodings.base import Positions, RotaryEncoding, check_below
 
 
 def rope_inv_freq(n_pairs: int, base: float) -> Tensor:
