@@ -117,7 +117,7 @@ class BucketBatchSampler(Sampler[list[tuple[int, int]]]):
 
 
 def collate(seqs: list[TokenSequence]) -> dict:
-    """Right-pad a list of sequences to the longest one: PAD tokens, -1 coordinates,
+    """Right-pad a list of sequences to the longest one: PAD tokens, -1 coordinates and shapes,
     SPECIAL role, no target. Returns (B, T) int64 tensors (bool for ``target_mask``), ``pos``
     (B, T), ``lengths`` (B,), and ``meta`` (a list of the sequences' meta dicts)."""
     B = len(seqs)
@@ -129,6 +129,8 @@ def collate(seqs: list[TokenSequence]) -> dict:
         "grid": np.full((B, T), -1, dtype=np.int64),
         "role": np.full((B, T), ROLE_SPECIAL, dtype=np.int64),
         "target_mask": np.zeros((B, T), dtype=bool),
+        "height": np.full((B, T), -1, dtype=np.int64),
+        "width": np.full((B, T), -1, dtype=np.int64),
     }
     lengths = np.empty(B, dtype=np.int64)
     for i, s in enumerate(seqs):

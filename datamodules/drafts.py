@@ -41,7 +41,7 @@ def query_output_start(batch: dict) -> list[int]:
 def draft_batch(batch: dict, drafts: Sequence[np.ndarray], order: str, row_end: bool = False) -> dict:
     """The batch with every row's query output replaced by ``drafts[b]`` (any shape 1..30).
 
-    Returns right-padded ``(B, T')`` tensors ``tokens, row, col, grid, role, pos`` (as
+    Returns right-padded ``(B, T')`` tensors ``tokens, row, col, grid, height, width, role, pos`` (as
     ``collate`` pads them), ``lengths (B,)``, ``cells (B, T')`` True at the draft's colour
     cells, and ``meta`` (the input batch's list)."""
     starts = query_output_start(batch)
@@ -65,12 +65,14 @@ def draft_batch(batch: dict, drafts: Sequence[np.ndarray], order: str, row_end: 
                 "row": torch.cat([batch["row"][b, : s + 1], torch.from_numpy(layout.row[1:].copy())]),
                 "col": torch.cat([batch["col"][b, : s + 1], torch.from_numpy(layout.col[1:].copy())]),
                 "grid": torch.cat([batch["grid"][b, : s + 1], torch.full((n,), g, dtype=torch.long)]),
+                "height": torch.cat([batch["height"][b, : s + 1], torch.from_numpy(np.where(is_cell, h, -1))]),
+                "width": torch.cat([batch["width"][b, : s + 1], torch.from_numpy(np.where(is_cell, w, -1))]),
                 "role": torch.cat([batch["role"][b, : s + 1], torch.full((n,), ROLE_TEST_OUTPUT, dtype=torch.long)]),
                 "cells": torch.cat([torch.zeros(s + 1, dtype=torch.bool), torch.from_numpy(is_cell)]),
             }
         )
     T = max(len(r["tokens"]) for r in rows)
-    fill = {"tokens": PAD, "row": -1, "col": -1, "grid": -1, "role": ROLE_SPECIAL, "cells": False}
+    fill = {"tokens": PAD, "row": -1, "col": -1, "grid": -1, "height": -1, "width": -1, "role": ROLE_SPECIAL, "cells": False}
     device = batch["tokens"].device
     out = {}
     for name, value in fill.items():

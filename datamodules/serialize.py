@@ -193,15 +193,15 @@ def serialize_example(
     check_row_end(order, row_end)
     blocks = _grids(context, query, prompt_only)
     n_grids = len(blocks)
-    parts: dict[str, list[np.ndarray]] = {f: [] for f in ("tokens", "row", "col", "grid", "role", "target_mask")}
-    for f, v in zip(parts, (BOS, -1, -1, -1, ROLE_SPECIAL, False)):
+    parts: dict[str, list[np.ndarray]] = {f: [] for f in ("tokens", "row", "col", "grid", "role", "target_mask", "height", "width")}
+    for f, v in zip(parts, (BOS, -1, -1, -1, ROLE_SPECIAL, False, -1, -1)):
         parts[f].append(np.array([v], dtype=bool if f == "target_mask" else np.int64))
     for g, (grid, marker, role) in enumerate(blocks):
         is_output = marker == OUTPUT
         is_query_output = g == n_grids - 1 and is_output
         if grid is None:  # prompt_only: the query OUTPUT marker alone
             toks = np.array([OUTPUT], dtype=np.int64)
-            row = col = np.array([-1], dtype=np.int64)
+            row = col = height = width = np.array([-1], dtype=np.int64)
         else:
             grid = _check_grid(grid, f"grid {g} ({'output' if is_output else 'input'})")
             h, w = grid.shape
@@ -210,6 +210,8 @@ def serialize_example(
             toks[layout.cell_slots] = grid.reshape(-1)[layout.flat]
             toks[0] = marker
             row, col = layout.row, layout.col
+            is_cell = row >= 0
+            height, width = np.where(is_cell, h, -1), np.where(is_cell, w, -1)
         n = len(toks)
         if target_policy == "all":
             target = np.ones(n, dtype=bool)
@@ -223,6 +225,8 @@ def serialize_example(
         parts["grid"].append(np.full(n, g, dtype=np.int64))
         parts["role"].append(np.full(n, role, dtype=np.int64))
         parts["target_mask"].append(target)
+        parts["height"].append(height)
+        parts["width"].append(width)
     arrays = {f: np.concatenate(v) for f, v in parts.items()}  # each (L,)
     return TokenSequence(**arrays, meta=dict(meta or {}))
 

@@ -84,7 +84,7 @@ ROLE_NAMES = ("demo_input", "demo_output", "test_input", "test_output", "special
 #   "all":         every token after BOS.
 TARGET_POLICIES = ("test_output", "all_outputs", "all")
 
-FIELDS = ("tokens", "row", "col", "grid", "role", "target_mask")
+FIELDS = ("tokens", "row", "col", "grid", "role", "target_mask", "height", "width")
 
 
 @dataclass
@@ -92,7 +92,7 @@ class TokenSequence:
     """A serialized sequence with per-token metadata, all 1D numpy arrays of equal length.
 
     ``row``/``col`` hold the true coordinates of a cell inside its grid (-1 for non-cell tokens)
-    whatever the serialization order; ``grid`` is the index of the grid in the sequence
+    whatever the serialization order, ``height``/``width`` the shape of that grid (-1 likewise); ``grid`` is the index of the grid in the sequence
     (context pair k: input 2k, output 2k+1; the query pair last; -1 for BOS/PAD).
     """
 
@@ -102,6 +102,8 @@ class TokenSequence:
     grid: np.ndarray  # int64, grid index or -1
     role: np.ndarray  # int64, one of ROLE_*
     target_mask: np.ndarray  # bool, True where the token is a next-token target
+    height: np.ndarray  # int64, height of a cell's grid or -1 (cells only, like row/col)
+    width: np.ndarray  # int64, width of a cell's grid or -1
     meta: dict = field(default_factory=dict)  # task_id, query index, shapes, augmentation, ...
 
     def __len__(self) -> int:

@@ -49,7 +49,7 @@ def default_optimizer(params: Iterable) -> torch.optim.Optimizer:
 
 
 def positions_of(batch: dict) -> Positions:
-    return Positions(batch["pos"], batch["row"], batch["col"], batch["grid"])
+    return Positions.from_batch(batch)
 
 
 def param_groups(module: nn.Module, weight_decay: float | None = None) -> list[dict]:
@@ -339,7 +339,7 @@ class AutoregressiveGridModel(L.LightningModule):
         results: dict[int, Decoded] = {}
         for plen, members in groups.items():
             idx = torch.tensor(members, device=batch["tokens"].device)
-            pos = Positions(*(t[idx, :plen] for t in positions_of(batch)))
+            pos = positions_of(batch).map(lambda t: t[idx, :plen])
             out = generate_grids(self.model, batch["tokens"][idx, :plen], pos, self.order, self.row_end, use_cache)
             results.update(zip(members, out))
         return [results[r] for r in rows]

@@ -84,7 +84,8 @@ class _Grammar:
         return max(1, min(self.max_side, best))
 
     def emit(self, token: int) -> tuple[int, int]:
-        """Record ``token``; return the (row, col) metadata it carries."""
+        """Record ``token``; return the (row, col) metadata it carries (a cell's grid shape is
+        ``(self.h, self.w)``, known from the shape tokens before the first cell)."""
         self.out.append(token)
         rc = (-1, -1)
         if self.step == 0:
@@ -150,6 +151,8 @@ def generate_grids(
         nxt = lp.masked_fill(mask, float("-inf")).argmax(dim=-1)  # (B,)
         rows = torch.full((B,), -1, dtype=torch.long)
         cols = torch.full((B,), -1, dtype=torch.long)
+        heights = torch.full((B,), -1, dtype=torch.long)
+        widths = torch.full((B,), -1, dtype=torch.long)
         grids = grid_idx.cpu().clone()
         for b, s in enumerate(states):
             if s.done:
@@ -157,6 +160,8 @@ def generate_grids(
                 continue
             logp[b] += float(lp[b, nxt[b]])
             rows[b], cols[b] = s.emit(int(nxt[b]))
+            if rows[b] >= 0:  # a cell: its grid's shape, as the serializer writes it
+                heights[b], widths[b] = s.h, s.w
         if all(s.done for s in states):
             break
         pos = P + step
@@ -165,6 +170,8 @@ def generate_grids(
             rows[:, None].to(device),
             cols[:, None].to(device),
             grids[:, None].to(device),
+            heights[:, None].to(device) if positions.height is not None else None,
+            widths[:, None].to(device) if positions.width is not None else None,
         )
         new_tok = nxt[:, None].to(device)
         if use_cache:

@@ -202,7 +202,7 @@ class RefinementNetwork(L.LightningModule):
         ``inp["cells"]`` order (row by row)."""
         T = inp["tokens"].shape[1]
         real = torch.arange(T, device=inp["tokens"].device)[None, :] < inp["lengths"][:, None]  # (B, T)
-        positions = Positions(inp["pos"], inp["row"], inp["col"], inp["grid"])
+        positions = Positions.from_batch(inp)
         h = self.model.hidden(inp["tokens"], positions, key_padding_mask=real)  # (B, T, C)
         return F.linear(h[inp["cells"]], self.model.head.weight[:N_COLOURS])  # (N, 10)
 

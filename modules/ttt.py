@@ -106,7 +106,7 @@ def adapt(
                     )
                 )
             batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in collate(seqs).items()}
-            pos = Positions(batch["pos"], batch["row"], batch["col"], batch["grid"])
+            pos = Positions.from_batch(batch)
             logits = model(batch["tokens"], pos)[:, :-1]  # (B, T-1, V): logits[:, t] predicts token t+1
             mask = batch["target_mask"][:, 1:]  # (B, T-1)
             loss = F.cross_entropy(logits[mask].float(), batch["tokens"][:, 1:][mask])

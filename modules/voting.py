@@ -176,8 +176,7 @@ def vote(
         for s in range(0, len(members), config.max_batch):
             chunk = members[s : s + config.max_batch]
             batch = collate([seq for _, _, seq in chunk])  # equal lengths: no padding
-            pos = Positions(batch["pos"], batch["row"], batch["col"], batch["grid"])
-            pos = Positions(*(t.to(device) for t in pos))
+            pos = Positions.from_batch(batch).map(lambda t: t.to(device))
             outs = generate_grids(model, batch["tokens"].to(device), pos, order, row_end, use_cache)
             for (p, aug, _), d in zip(chunk, outs):
                 if d.grid is not None:

@@ -68,7 +68,7 @@ def test_round_trip_metadata_and_parse(order, row_end, example):
     grids = _all_grids(context, query)
     seq = serialize_example(context, query, order=order, row_end=row_end)
     assert len(seq) == example_length(context, query, row_end=row_end)
-    assert all(getattr(seq, f).dtype == np.int64 for f in ("tokens", "row", "col", "grid", "role"))
+    assert all(getattr(seq, f).dtype == np.int64 for f in ("tokens", "row", "col", "grid", "role", "height", "width"))
 
     # deserialize inverts serialize exactly
     out = deserialize(seq, order, row_end)
@@ -90,6 +90,9 @@ def test_round_trip_metadata_and_parse(order, row_end, example):
         is_query = g >= 2 * len(context)
         role = [[ROLE_DEMO_INPUT, ROLE_DEMO_OUTPUT], [ROLE_TEST_INPUT, ROLE_TEST_OUTPUT]][is_query][g % 2]
         assert (seq.role[block] == role).all()
+        # every cell carries its grid's shape; no other token does
+        assert (seq.height[cells] == want.shape[0]).all() and (seq.width[cells] == want.shape[1]).all()
+        assert (seq.height[block & ~cells] == -1).all() and (seq.width[block & ~cells] == -1).all()
         # the cells appear in the order's visiting order, with the decoder's coordinates
         rows, cols = cell_positions(*want.shape, order)
         np.testing.assert_array_equal(seq.row[cells], rows)

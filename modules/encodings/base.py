@@ -13,7 +13,7 @@ row and column, grid index) and never infers a grid shape from the sequence leng
 
 from __future__ import annotations
 
-from typing import ClassVar, NamedTuple
+from typing import ClassVar, NamedTuple, Optional
 
 import torch
 from torch import Tensor, nn
@@ -21,19 +21,32 @@ from torch import Tensor, nn
 
 class Positions(NamedTuple):
     """Per-token coordinates, each ``(B, T)`` int64. ``row``/``col``/``grid`` are -1 for
-    tokens that are not cells (or not in a grid)."""
+    tokens that are not cells (or not in a grid). ``height``/``width`` are the shape of a cell's
+    grid (-1 for tokens that are not cells); they let an encoding measure a cell from the bottom
+    and right edges too. They may be ``None`` where no encoding needs them."""
 
     pos: Tensor  # index in the sequence, 0..T-1 (continues across KV-cache steps)
     row: Tensor  # cell row inside its grid, or -1
     col: Tensor  # cell column inside its grid, or -1
     grid: Tensor  # grid index in the sequence, or -1
+    height: Optional[Tensor] = None  # height of the cell's grid, or -1
+    width: Optional[Tensor] = None  # width of the cell's grid, or -1
+
+    @staticmethod
+    def from_batch(batch: dict) -> "Positions":
+        """The positions of a collated batch (``datamodules.batching.collate`` fields)."""
+        return Positions(batch["pos"], batch["row"], batch["col"], batch["grid"], batch.get("height"), batch.get("width"))
+
+    def map(self, fn) -> "Positions":
+        """``fn`` applied to every field that is present (``None`` fields stay ``None``)."""
+        return Positions(*(None if t is None else fn(t) for t in self))
 
     def slice(self, start: int, end: int) -> "Positions":
-        return Positions(*(t[:, start:end] for t in self))
+        return self.map(lambda t: t[:, start:end])
 
     @staticmethod
     def cat(a: "Positions", b: "Positions") -> "Positions":
-        return Positions(*(torch.cat([x, y], dim=1) for x, y in zip(a, b)))
+        return Positions(*(None if x is None or y is None else torch.cat([x, y], dim=1) for x, y in zip(a, b)))
 
 
 class PositionalEncoding(nn.Module):
