@@ -36,7 +36,10 @@ from gridlm.callbacks.schedule_free import _schedule_free, in_train_mode
 from gridlm.modules.checkpoints import read_checkpoint  # noqa: F401  (re-exported for the CLI)
 
 # hyperparameters that decide the shapes or meaning of the weights, in the order they are reported
-MODEL_FIELDS = ("vocab_size", "d_model", "n_layers", "n_heads", "mlp_ratio", "encoding", "tie_embeddings", "max_seq_len")
+MODEL_FIELDS = (
+    "vocab_size", "d_model", "n_layers", "n_heads", "mlp_ratio", "encoding", "tie_embeddings", "max_seq_len",
+    "norm", "mlp", "qk_norm",
+)  # fmt: skip
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

@@ -33,7 +33,7 @@ from gridlm.modules.encodings.registry import EncodingName
 from gridlm.modules.provenance import run_metadata
 from gridlm.modules.ttt import TTTConfig, adapted
 from gridlm.modules.voting import VotingConfig, batch_prompts, vote
-from gridlm.modules.transformer import Transformer, TransformerConfig
+from gridlm.modules.transformer import MLPName, NormName, Transformer, TransformerConfig
 
 OptimizerFactory = Callable[[Iterable], torch.optim.Optimizer]
 SchedulerFactory = Callable[[torch.optim.Optimizer], torch.optim.lr_scheduler.LRScheduler]
@@ -79,6 +79,9 @@ class AutoregressiveGridModel(L.LightningModule):
         mlp_ratio: int = 4,
         dropout: float = 0.0,
         encoding: Union[EncodingName, Sequence[EncodingName]] = "rope_1d",
+        norm: NormName = "layernorm",
+        mlp: MLPName = "gelu",
+        qk_norm: bool = False,
         tie_embeddings: bool = True,
         order: OrderName = "row_major",
         row_end: bool = False,
@@ -107,6 +110,11 @@ class AutoregressiveGridModel(L.LightningModule):
             mlp_ratio: MLP hidden width as a multiple of ``d_model``.
             dropout: dropout probability.
             encoding: positional encoding name, or a list of names to combine.
+            norm: ``layernorm`` (GPT-2) or ``rmsnorm`` (Llama). The defaults of ``norm``, ``mlp``
+                and ``qk_norm`` are the 0.1 architecture, so older checkpoints (which lack these
+                fields) rebuild the same model; the recipe's choices live in the configs.
+            mlp: ``gelu`` (GPT-2) or ``swiglu`` (Llama; same parameter count).
+            qk_norm: RMSNorm of every head's queries and keys (ViT-22B, OLMo 2).
             tie_embeddings: share the token embedding and the output head.
             order: serialization order (linked from ``data.order``), used when decoding.
             row_end: ROW_END tokens (linked from ``data.row_end``), used when decoding.
@@ -145,6 +153,9 @@ class AutoregressiveGridModel(L.LightningModule):
             n_heads=n_heads,
             mlp_ratio=mlp_ratio,
             dropout=dropout,
+            norm=norm,
+            mlp=mlp,
+            qk_norm=qk_norm,
             encoding=encoding,
             tie_embeddings=tie_embeddings,
         )

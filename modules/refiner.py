@@ -51,7 +51,7 @@ from gridlm.modules.base_model import AutoregressiveGridModel, OptimizerFactory,
 from gridlm.modules.encodings import Positions
 from gridlm.modules.encodings.registry import EncodingName
 from gridlm.modules.provenance import run_metadata
-from gridlm.modules.transformer import Transformer, TransformerConfig
+from gridlm.modules.transformer import MLPName, NormName, Transformer, TransformerConfig
 
 Grid = Optional[np.ndarray]
 
@@ -97,6 +97,9 @@ class RefinementNetwork(L.LightningModule):
         mlp_ratio: int = 4,
         dropout: float = 0.0,
         encoding: Union[EncodingName, Sequence[EncodingName]] = "rope_1d",
+        norm: NormName = "layernorm",
+        mlp: MLPName = "gelu",
+        qk_norm: bool = False,
         order: OrderName = "row_major",
         row_end: bool = False,
         base_checkpoint: Optional[str] = None,
@@ -118,6 +121,11 @@ class RefinementNetwork(L.LightningModule):
             mlp_ratio: MLP hidden width as a multiple of ``d_model``.
             dropout: dropout probability.
             encoding: positional encoding name, or a list of names to combine.
+            norm: ``layernorm`` (GPT-2) or ``rmsnorm`` (Llama). The defaults of ``norm``, ``mlp``
+                and ``qk_norm`` are the 0.1 architecture, so older checkpoints (which lack these
+                fields) rebuild the same model; the recipe's choices live in the configs.
+            mlp: ``gelu`` (GPT-2) or ``swiglu`` (Llama; same parameter count).
+            qk_norm: RMSNorm of every head's queries and keys (ViT-22B, OLMo 2).
             order: serialization order (linked from ``data.order``); must match the base model's.
             row_end: ROW_END tokens (linked from ``data.row_end``); must match the base model's.
             base_checkpoint: ``AutoregressiveGridModel`` checkpoint that writes the drafts
@@ -157,6 +165,9 @@ class RefinementNetwork(L.LightningModule):
             n_heads=n_heads,
             mlp_ratio=mlp_ratio,
             dropout=dropout,
+            norm=norm,
+            mlp=mlp,
+            qk_norm=qk_norm,
             encoding=list(encoding) if isinstance(encoding, (list, tuple)) else encoding,
             tie_embeddings=True,  # the colour head reuses the colour embeddings: a copy-the-draft prior at init
             causal=False,

@@ -3,12 +3,18 @@
 Pre-norm blocks (GPT-2 / nanoGPT layout) on ``F.scaled_dot_product_attention``; positional
 information comes from :class:`gridlm.modules.encodings.EncodingStack` through its three slots
 (added to the embeddings, rotating q/k, or an attention bias).
+
+Block parts are chosen by name: ``norm`` LayerNorm (GPT-2) or RMSNorm (Zhang & Sennrich 2019, as
+in Llama), ``mlp`` GELU (GPT-2) or SwiGLU (Shazeer 2020, "GLU Variants Improve Transformer"; hidden
+width 2/3 of the GELU one so both have the same parameters), and ``qk_norm`` an RMSNorm of every
+head's queries and keys before the rotation (Dehghani et al. 2023, ViT-22B; OLMo 2), which keeps
+attention logits bounded at high learning rates.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Sequence, Union
+from typing import Literal, Sequence, Union
 
 import torch
 import torch.nn.functional as F
@@ -16,6 +22,12 @@ from torch import Tensor, nn
 
 from gridlm.modules.encodings import EncodingStack, Positions, apply_rotary_signed, signed_sin
 from gridlm.modules.encodings.registry import parse_encoding_names
+
+
+NormName = Literal["layernorm", "rmsnorm"]
+MLPName = Literal["gelu", "swiglu"]
+NORMS = ("layernorm", "rmsnorm")
+MLPS = ("gelu", "swiglu")
 
 
 @dataclass
@@ -31,6 +43,9 @@ class TransformerConfig:
     tie_embeddings: bool = True  # share the token embedding with the output head (fewer params)
     causal: bool = True  # False for the bidirectional refiner
     bias: bool = False  # biases in Linear layers (litgpt/nanoGPT default: off)
+    norm: NormName = "layernorm"  # "layernorm" (GPT-2) or "rmsnorm" (Llama)
+    mlp: MLPName = "gelu"  # "gelu" (GPT-2) or "swiglu" (Llama; same parameter count)
+    qk_norm: bool = False  # RMSNorm of each head's q and k before attention (ViT-22B, OLMo 2)
     encoding_names: list = field(init=False, default_factory=list)
 
     def __post_init__(self) -> None:
@@ -43,6 +58,10 @@ class TransformerConfig:
             raise ValueError(
                 f"model.d_model / model.n_heads = {self.d_model // self.n_heads} must be even (rotary encodings rotate pairs)"
             )
+        if self.norm not in NORMS:
+            raise ValueError(f"model.norm must be one of {NORMS}, got {self.norm!r}")
+        if self.mlp not in MLPS:
+            raise ValueError(f"model.mlp must be one of {MLPS}, got {self.mlp!r}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"model.dropout must be in [0, 1), got {self.dropout}")
         self.encoding_names = parse_encoding_names(self.encoding)
@@ -73,6 +92,26 @@ class KVCache:
         return self.k[layer][:, :, :t1], self.v[layer][:, :, :t1]
 
 
+def make_norm(cfg: TransformerConfig, dim: int | None = None) -> nn.Module:
+    """The block's normalisation over ``dim`` features (default ``d_model``)."""
+    dim = dim or cfg.d_model
+    return nn.RMSNorm(dim, eps=1e-6) if cfg.norm == "rmsnorm" else nn.LayerNorm(dim, bias=cfg.bias)
+
+
+class SwiGLU(nn.Module):
+    """``w2(silu(x W1) * (x W3))`` (Shazeer 2020); ``w13`` holds W1 and W3 side by side."""
+
+    def __init__(self, d_model: int, hidden: int, bias: bool) -> None:
+        super().__init__()
+        self.hidden = hidden
+        self.w13 = nn.Linear(d_model, 2 * hidden, bias=bias)
+        self.w2 = nn.Linear(hidden, d_model, bias=bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        gate, up = self.w13(x).split(self.hidden, dim=-1)  # (B, T, hidden) each
+        return self.w2(F.silu(gate) * up)
+
+
 class Attention(nn.Module):
     def __init__(self, cfg: TransformerConfig) -> None:
         super().__init__()
@@ -80,6 +119,8 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model, bias=cfg.bias)
         self.proj = nn.Linear(cfg.d_model, cfg.d_model, bias=cfg.bias)
         self.dropout = cfg.dropout
+        self.q_norm = nn.RMSNorm(cfg.head_dim, eps=1e-6) if cfg.qk_norm else None
+        self.k_norm = nn.RMSNorm(cfg.head_dim, eps=1e-6) if cfg.qk_norm else None
 
     def forward(self, x: Tensor, rot, attn_mask: Tensor | None, cache: KVCache | None, layer: int) -> Tensor:
         """``attn_mask``: the additive mask ``(B|1, nh|1, T, past+T)`` from :meth:`Transformer.attn_mask`
@@ -89,6 +130,8 @@ class Attention(nn.Module):
         q = q.view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, nh, T, hs)
         k = k.view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, nh, T, hs)
         v = v.view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, nh, T, hs)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
         if rot is not None:
             cos, sin_signed = rot  # (B, 1, T, hs) each, see Transformer.hidden
             q, k = apply_rotary_signed(q, cos, sin_signed), apply_rotary_signed(k, cos, sin_signed)
@@ -109,16 +152,20 @@ class Attention(nn.Module):
 class Block(nn.Module):
     def __init__(self, cfg: TransformerConfig) -> None:
         super().__init__()
-        self.norm1 = nn.LayerNorm(cfg.d_model, bias=cfg.bias)
+        self.norm1 = make_norm(cfg)
         self.attn = Attention(cfg)
-        self.norm2 = nn.LayerNorm(cfg.d_model, bias=cfg.bias)
+        self.norm2 = make_norm(cfg)
         hidden = cfg.mlp_ratio * cfg.d_model
-        self.mlp = nn.Sequential(
-            nn.Linear(cfg.d_model, hidden, bias=cfg.bias),
-            nn.GELU(approximate="tanh"),
-            nn.Linear(hidden, cfg.d_model, bias=cfg.bias),
-            nn.Dropout(cfg.dropout),
-        )
+        if cfg.mlp == "swiglu":
+            # 2/3 of the GELU width (rounded to a multiple of 8): the same parameter count as GELU
+            self.mlp = nn.Sequential(SwiGLU(cfg.d_model, 8 * max(1, round(2 * hidden / 3 / 8)), cfg.bias), nn.Dropout(cfg.dropout))
+        else:
+            self.mlp = nn.Sequential(
+                nn.Linear(cfg.d_model, hidden, bias=cfg.bias),
+                nn.GELU(approximate="tanh"),
+                nn.Linear(hidden, cfg.d_model, bias=cfg.bias),
+                nn.Dropout(cfg.dropout),
+            )
 
     def forward(self, x: Tensor, rot, attn_bias, cache, layer: int) -> Tensor:
         x = x + self.attn(self.norm1(x), rot, attn_bias, cache, layer)
@@ -135,13 +182,13 @@ class Transformer(nn.Module):
         self.encodings = EncodingStack(cfg.encoding_names, cfg.d_model, cfg.n_heads, cfg.max_seq_len)
         self.drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList([Block(cfg) for _ in range(cfg.n_layers)])
-        self.norm = nn.LayerNorm(cfg.d_model, bias=cfg.bias)
+        self.norm = make_norm(cfg)
         self.head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
         if cfg.tie_embeddings:
             self.head.weight = self.embed.weight  # one Parameter: parameters() yields it once
         self.apply(self._init_weights)
         for name, p in self.named_parameters():  # GPT-2: scale residual projections by depth
-            if name.endswith("attn.proj.weight") or name.endswith("mlp.2.weight"):
+            if name.endswith(("attn.proj.weight", "mlp.2.weight", "mlp.0.w2.weight")):
                 nn.init.normal_(p, mean=0.0, std=0.02 / (2 * cfg.n_layers) ** 0.5)
 
     @staticmethod

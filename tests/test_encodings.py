@@ -27,13 +27,14 @@ from gridlm.modules.transformer import Transformer, TransformerConfig
 
 D_MODEL, N_HEADS, MAX_LEN = 16, 2, 96  # head_dim 8: divisible by 4 for rope_2d
 NAMES = sorted(ENCODINGS)
-CELL_NAMES_2D = ["onehot_2d", "quadtree_2d", "sinusoidal_2d", "rope_2d", "alibi_2d"]
+CELL_NAMES_2D = ["onehot_2d", "edges_2d", "quadtree_2d", "sinusoidal_2d", "rope_2d", "alibi_2d"]
 SLOT = {
     "none": "additive",
     "learned_1d": "additive",
     "sinusoidal_1d": "additive",
     "rope_1d": "rotary",
     "onehot_2d": "additive",
+    "edges_2d": "additive",
     "quadtree_2d": "additive",
     "sinusoidal_2d": "additive",
     "rope_2d": "rotary",
@@ -50,33 +51,38 @@ def make(name: str, **kw):
 
 
 def sequence(shapes, offset=(0, 0)):
-    """Token metadata of a serialized task in the layout of ``gridlm.datamodules.tokens``: BOS, then per
-    grid ``marker, H, W, cells (row-major), GRID_END``. Cells are shifted by ``offset``."""
-    row, col, grid = [-1], [-1], [-1]  # BOS
+    """Token metadata ``(row, col, grid, height, width)`` of a serialized task in the layout of
+    ``gridlm.datamodules.tokens``: BOS, then per grid ``marker, H, W, cells (row-major), GRID_END``.
+    Cells are shifted by ``offset`` (their grid grows by it, so a cell stays inside its grid)."""
+    row, col, grid, height, width = [-1], [-1], [-1], [-1], [-1]  # BOS
     for g, (h, w) in enumerate(shapes):
         row += [-1, -1, -1]
         col += [-1, -1, -1]
         grid += [g, g, g]
+        height += [-1, -1, -1]
+        width += [-1, -1, -1]
         for r in range(h):
             for c in range(w):
                 row.append(r + offset[0])
                 col.append(c + offset[1])
                 grid.append(g)
+                height.append(h + offset[0])
+                width.append(w + offset[1])
         row.append(-1)
         col.append(-1)
         grid.append(g)  # GRID_END
-    return row, col, grid
+        height.append(-1)
+        width.append(-1)
+    return row, col, grid, height, width
 
 
 def batch(*seqs, pos_offset=0) -> Positions:
     """Right-pad sequences (PAD: -1 coordinates), as ``gridlm.datamodules.batching.collate`` does."""
     T = max(len(s[0]) for s in seqs)
     pad = lambda xs: xs + [-1] * (T - len(xs))  # noqa: E731
-    row = torch.tensor([pad(s[0]) for s in seqs])
-    col = torch.tensor([pad(s[1]) for s in seqs])
-    grid = torch.tensor([pad(s[2]) for s in seqs])
+    row, col, grid, height, width = (torch.tensor([pad(s[i]) for s in seqs]) for i in range(5))
     pos = torch.arange(pos_offset, pos_offset + T).expand(len(seqs), T).contiguous()
-    return Positions(pos, row, col, grid)
+    return Positions(pos, row, col, grid, height, width)
 
 
 def small_batch() -> Positions:
@@ -209,7 +215,7 @@ def test_position_beyond_table_raises(name):
         m(p.slice(0, 8)._replace(pos=torch.arange(-1, 7)[None]))
 
 
-@pytest.mark.parametrize("name", ["onehot_2d", "sinusoidal_2d", "rope_2d"])
+@pytest.mark.parametrize("name", ["onehot_2d", "edges_2d", "sinusoidal_2d", "rope_2d"])
 def test_cell_beyond_30_raises(name):
     p = batch(sequence([(2, 2)], offset=(29, 0)))  # rows 29 and 30
     with pytest.raises(ValueError, match=rf"{name}: row 30 is outside the table of 30 entries"):
@@ -385,7 +391,7 @@ def test_2d_encoding_of_a_cell_ignores_its_sequence_position(name):
     p = batch(sequence([(3, 4), (2, 5)]))
     T = p.pos.shape[1]
     perm = torch.randperm(T, generator=torch.Generator().manual_seed(1))
-    permuted = Positions(p.pos, p.row[:, perm], p.col[:, perm], p.grid[:, perm])  # token t now holds cell perm[t]
+    permuted = Positions(p.pos, *(f[:, perm] for f in p[1:]))  # token t now holds cell perm[t]
     a, b = run(m, p), run(m, permuted)
     if m.slot == "additive":
         torch.testing.assert_close(b, a[:, perm])
@@ -399,7 +405,7 @@ def test_2d_encoding_of_a_cell_ignores_its_sequence_position(name):
 # ---------------------------------------------------------------- special tokens and alibi
 
 
-@pytest.mark.parametrize("name", ["onehot_2d", "quadtree_2d", "sinusoidal_2d"])
+@pytest.mark.parametrize("name", ["onehot_2d", "edges_2d", "quadtree_2d", "sinusoidal_2d"])
 def test_2d_additive_special_tokens_get_zero(name):
     m = make(name)
     p = small_batch()
@@ -470,3 +476,26 @@ def test_rope_1d_matches_x_transformers_up_to_pair_layout():
 def test_alibi_slopes_match_x_transformers(n_heads):
     xt = pytest.importorskip("x_transformers.x_transformers")
     assert alibi_slopes(n_heads) == pytest.approx(xt.AlibiPositionalBias._get_slopes(n_heads))
+
+
+def test_edges_2d_mirror_cells_swap_their_edge_vectors():
+    """Flipping a grid left-right maps cell (r, c) to (r, w-1-c): the two cells' encodings differ
+    exactly by swapping the left and right tables' vectors (and equal ones at the vertical axis)."""
+    m = make("edges_2d")
+    p = batch(sequence([(3, 5)]))
+    e = m(p)[0]  # (T, d)
+    cells = {(int(r), int(c)): t for t, (r, c) in enumerate(zip(p.row[0], p.col[0])) if r >= 0}
+    top, left, bottom, right = m.table.weight.detach().view(4, 30, -1)
+    for (r, c), t in cells.items():
+        mirror = cells[(r, 4 - c)]
+        torch.testing.assert_close(e[t] - e[mirror], left[c] + right[4 - c] - left[4 - c] - right[c])
+    torch.testing.assert_close(e[cells[(1, 2)]], top[1] + left[2] + bottom[1] + right[2])
+
+
+def test_edges_2d_needs_grid_shapes_and_cells_inside_them():
+    m = make("edges_2d")
+    p = batch(sequence([(2, 2)]))
+    with pytest.raises(ValueError, match="edges_2d needs each cell's grid shape"):
+        m(Positions(p.pos, p.row, p.col, p.grid))
+    with pytest.raises(ValueError, match="height-1-row"):
+        m(p._replace(height=torch.where(p.height > 0, 1, p.height)))  # row 1 of a height-1 grid

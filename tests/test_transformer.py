@@ -38,8 +38,12 @@ def test_causal_output_does_not_depend_on_future_tokens():
     assert not torch.allclose(a[:, 8:], b[:, 8:])
 
 
-def test_kv_cache_matches_full_forward_token_by_token():
-    m = tiny()
+LLAMA = [dict(), dict(norm="rmsnorm"), dict(mlp="swiglu"), dict(qk_norm=True), dict(norm="rmsnorm", mlp="swiglu", qk_norm=True)]
+
+
+@pytest.mark.parametrize("kw", LLAMA, ids=["gpt2", "rmsnorm", "swiglu", "qk_norm", "llama"])
+def test_kv_cache_matches_full_forward_token_by_token(kw):
+    m = tiny(**kw)
     x = torch.randint(0, 20, (3, 15))
     p = positions(3, 15)
     full = m(x, p)
@@ -70,9 +74,25 @@ def test_bidirectional_padding_mask_isolates_real_tokens():
         (dict(dropout=1.5), "dropout"),
         (dict(encoding="nope"), "unknown encoding"),
         (dict(n_layers=0), "n_layers"),
+        (dict(norm="batchnorm"), "model.norm"),
+        (dict(mlp="relu"), "model.mlp"),
     ],
-    ids=["heads-not-dividing", "odd-head-dim", "dropout", "unknown-encoding", "zero-layers"],
+    ids=["heads-not-dividing", "odd-head-dim", "dropout", "unknown-encoding", "zero-layers", "norm", "mlp"],
 )
 def test_config_errors_name_the_option(kw, msg):
     with pytest.raises(ValueError, match=msg):
         TransformerConfig(**{**dict(d_model=16, n_heads=2, encoding="none"), **kw})
+
+
+def test_block_parts_by_name():
+    """RMSNorm / SwiGLU / QK-norm are really used, and SwiGLU keeps the GELU MLP's parameter count."""
+    gpt2, llama = tiny(), tiny(norm="rmsnorm", mlp="swiglu", qk_norm=True)
+    kinds = lambda m: {type(x).__name__ for x in m.modules()}  # noqa: E731
+    assert {"LayerNorm", "GELU"} <= kinds(gpt2) and not {"RMSNorm", "SwiGLU"} & kinds(gpt2)
+    assert {"RMSNorm", "SwiGLU"} <= kinds(llama) and not {"LayerNorm", "GELU"} & kinds(llama)
+    qk = sum(p.numel() for n, p in llama.named_parameters() if "q_norm" in n or "k_norm" in n)
+    assert qk == 2 * 2 * 8  # two layers, q and k, head_dim 8
+    mlp_params = lambda m: sum(p.numel() for n, p in m.named_parameters() if ".mlp." in n)  # noqa: E731
+    assert abs(mlp_params(tiny(mlp="swiglu")) / mlp_params(gpt2) - 1) < 0.07  # hidden 40 vs 64 * 2/3 = 42.7
+    x = torch.randint(0, 20, (1, 9))
+    assert not torch.allclose(gpt2(x, positions(1, 9)), tiny(norm="rmsnorm")(x, positions(1, 9)))

@@ -8,6 +8,9 @@
 2D (cell ``row``/``col`` inside its grid, the same vector whatever the serialization order):
 
 - ``onehot_2d``:     ``e_row[row] + e_col[col]``, a linear map of the row and column one-hots;
+- ``edges_2d``:      ``onehot_2d`` measured from all four edges: also ``e_bottom[h-1-row] + e_right[w-1-col]``
+                     (the cell's grid shape comes with the positions), so "the last column" or "the
+                     mirror cell" is a lookup, whatever the grid's size;
 - ``quadtree_2d``:   the sum of learned vectors of the 5-level quadrant path of the cell in a 32x32 frame;
 - ``sinusoidal_2d``: half of ``d_model`` sinusoidal in the row, half in the column (2D sin-cos as in
                      MAE, He et al. 2022).
@@ -121,6 +124,40 @@ class OneHot2D(AdditiveEncoding):
         return e * cell.unsqueeze(-1).to(e.dtype)
 
 
+class Edges2D(AdditiveEncoding):
+    """``edges_2d``: ``e_top[row] + e_left[col] + e_bottom[h-1-row] + e_right[w-1-col]`` for cells, 0 for
+    special tokens (``h, w``: the shape of the cell's grid, ``Positions.height/width``).
+
+    ``onehot_2d`` says how far a cell is from the top and left edges; a flip, a rotation, gravity or a
+    border rule is about the bottom and right edges too, which ``onehot_2d`` can only reach by
+    comparing with the grid's size. Here every distance to an edge is its own learned vector (a linear
+    map of four one-hots, as ``onehot_2d``), so the cell mirrored across a vertical axis, ``(row,
+    w-1-col)``, has ``e_left`` and ``e_right`` swapped: a query can find it with one bilinear match.
+    ``4 * 30 * d_model`` parameters, gathered from one table."""
+
+    def __init__(self, d_model: int, n_heads: int, max_seq_len: int) -> None:
+        super().__init__(d_model, n_heads, max_seq_len)
+        self.table = nn.Embedding(4 * MAX_SIDE, d_model)  # rows: top 0..29, left, bottom, right
+        nn.init.normal_(self.table.weight, std=0.02)
+        self.register_buffer("offset", MAX_SIDE * torch.arange(4), persistent=False)
+
+    def forward(self, p: Positions) -> Tensor:
+        if p.height is None or p.width is None:
+            raise ValueError(
+                "edges_2d needs each cell's grid shape (Positions.height/width); build positions with "
+                "Positions.from_batch(batch) from a gridlm batch"
+            )
+        _check_cells(p, MAX_SIDE, "edges_2d")
+        cell = is_cell(p)  # (B, T)
+        bottom, right = p.height - 1 - p.row, p.width - 1 - p.col  # (B, T), negative only off cells
+        fix = "a cell's row/col must be inside its grid's height/width"
+        check_below(torch.where(cell, bottom, 0), MAX_SIDE, "height-1-row", "edges_2d", fix, low=0)
+        check_below(torch.where(cell, right, 0), MAX_SIDE, "width-1-col", "edges_2d", fix, low=0)
+        idx = torch.stack((p.row, p.col, bottom, right), dim=-1).clamp(min=0) + self.offset  # (B, T, 4)
+        e = self.table(idx).sum(dim=-2)  # (B, T, 4, d) -> (B, T, d)
+        return e * cell.unsqueeze(-1).to(e.dtype)
+
+
 def quadtree_code(row: Tensor, col: Tensor) -> Tensor:
     """The quadrant path of ``(row, col)`` in a 32x32 frame: ``(..., 5)`` int64, values 0..3.
 
@@ -178,6 +215,7 @@ class Sinusoidal2D(AdditiveEncoding):
 
 
 __all__ = [
+    "Edges2D",
     "Learned1D",
     "OneHot2D",
     "Quadtree2D",

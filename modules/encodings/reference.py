@@ -87,6 +87,22 @@ def onehot_2d(m: PositionalEncoding, p: Positions) -> Tensor:
         return linear(onehots)
 
 
+def edges_2d(m: PositionalEncoding, p: Positions) -> Tensor:
+    """``onehot_2d`` over four one-hots: row, col, height-1-row, width-1-col (each 30 wide), one
+    explicit bias-free ``nn.Linear(120, d_model)`` whose weight is the module's table."""
+    linear = nn.Linear(4 * N_SIDE, m.d_model, bias=False)
+    with torch.no_grad():
+        linear.weight.copy_(m.table.weight.T)  # (d_model, 120)
+    onehots = torch.zeros(*p.pos.shape, 4 * N_SIDE)
+    for b, t, _, row, col, _ in _tokens(p):
+        if _is_cell(row, col):
+            h, w = int(p.height[b, t]), int(p.width[b, t])
+            for k, distance in enumerate((row, col, h - 1 - row, w - 1 - col)):
+                onehots[b, t, k * N_SIDE + distance] = 1.0
+    with torch.no_grad():
+        return linear(onehots)
+
+
 def quadtree_code(row: int, col: int) -> list[int]:
     """Quadrant at each of 5 levels (coarsest first): 2 * bit_{4-l}(row) + bit_{4-l}(col)."""
     bits = [N_LEVELS - 1 - level for level in range(N_LEVELS)]  # 4, 3, 2, 1, 0
@@ -170,6 +186,7 @@ REFERENCES: dict[str, Callable] = {
     "sinusoidal_1d": sinusoidal_1d,
     "rope_1d": rope_1d,
     "onehot_2d": onehot_2d,
+    "edges_2d": edges_2d,
     "quadtree_2d": quadtree_2d,
     "sinusoidal_2d": sinusoidal_2d,
     "rope_2d": rope_2d,

@@ -10,7 +10,7 @@ from typing import Literal, Sequence, Union, get_args
 
 from torch import Tensor, nn
 
-from gridlm.modules.encodings.additive import Learned1D, OneHot2D, Quadtree2D, Sinusoidal1D, Sinusoidal2D
+from gridlm.modules.encodings.additive import Edges2D, Learned1D, OneHot2D, Quadtree2D, Sinusoidal1D, Sinusoidal2D
 from gridlm.modules.encodings.base import NoEncoding, PositionalEncoding, Positions
 from gridlm.modules.encodings.bias import Alibi2D
 from gridlm.modules.encodings.rotary import Rope1D, Rope2D
@@ -21,6 +21,7 @@ EncodingName = Literal[
     "sinusoidal_1d",
     "rope_1d",
     "onehot_2d",
+    "edges_2d",
     "quadtree_2d",
     "sinusoidal_2d",
     "rope_2d",
@@ -33,6 +34,7 @@ ENCODINGS: dict[str, type[PositionalEncoding]] = {
     "sinusoidal_1d": Sinusoidal1D,  # additive, sequence index
     "rope_1d": Rope1D,  # rotary, sequence index
     "onehot_2d": OneHot2D,  # additive, cell (row, col)
+    "edges_2d": Edges2D,  # additive, cell distances to all four edges of its grid
     "quadtree_2d": Quadtree2D,  # additive, cell (row, col)
     "sinusoidal_2d": Sinusoidal2D,  # additive, cell (row, col)
     "rope_2d": Rope2D,  # rotary, cell (row, col)
