@@ -38,6 +38,7 @@ SLOT = {
     "quadtree_2d": "additive",
     "sinusoidal_2d": "additive",
     "rope_2d": "rotary",
+    "rope_3d": "rotary",
     "alibi_2d": "bias",
 }
 
@@ -499,3 +500,28 @@ def test_edges_2d_needs_grid_shapes_and_cells_inside_them():
         m(Positions(p.pos, p.row, p.col, p.grid))
     with pytest.raises(ValueError, match="height-1-row"):
         m(p._replace(height=torch.where(p.height > 0, 1, p.height)))  # row 1 of a height-1 grid
+
+
+@pytest.mark.parametrize("shift", SHIFTS.values(), ids=SHIFTS.keys())
+def test_rope_3d_scores_depend_only_on_grid_and_cell_offsets(shift):
+    """Shifting every cell and every grid index (BOS stays unrotated) leaves the scores between all
+    tokens of the grids unchanged; changing one grid's index changes its scores with the others."""
+    m = make("rope_3d")
+    shapes = [(2, 3), (3, 2), (4, 4)]
+    p, shifted = batch(sequence(shapes)), batch(sequence(shapes, offset=shift))
+    shifted = shifted._replace(grid=torch.where(shifted.grid >= 0, shifted.grid + 3, -1))
+    B, T = p.pos.shape
+    q, k = torch.randn(B, N_HEADS, T, D_MODEL // N_HEADS), torch.randn(B, N_HEADS, T, D_MODEL // N_HEADS)
+    cells = (p.row[0] >= 0).nonzero().squeeze(1)
+    a = _scores(m, p, q, k)[:, :, cells][:, :, :, cells]
+    torch.testing.assert_close(a, _scores(m, shifted, q, k)[:, :, cells][:, :, :, cells], atol=1e-5, rtol=1e-5)
+    moved = p._replace(grid=torch.where(p.grid == 2, 5, p.grid))  # grid 2 two places further
+    c = _scores(m, moved, q, k)[:, :, cells][:, :, :, cells]
+    in2 = (p.grid[0, cells] == 2)
+    torch.testing.assert_close(c[..., ~in2, :][..., ~in2], a[..., ~in2, :][..., ~in2])
+    assert not torch.allclose(c[..., in2, :][..., ~in2], a[..., in2, :][..., ~in2])
+
+
+def test_rope_3d_head_dim_must_divide_by_8():
+    with pytest.raises(ValueError, match="rope_3d needs a head dim"):
+        make("rope_3d", d_model=24, n_heads=2)  # head dim 12

@@ -131,23 +131,41 @@ def rope_angles_2d(row: int, col: int, head_dim: int, base: float = 100.0) -> li
     return rope_angles_1d(row, head_dim // 2, base) + rope_angles_1d(col, head_dim // 2, base)
 
 
+def rope_angles_3d(grid: int, row: int, col: int, head_dim: int, base: float = 100.0) -> list[float]:
+    """Axial RoPE over (grid, row, col): n = hs/2 pairs, a = (n - n//4) // 2; the first n - 2a rotate
+    by the grid index (0 for BOS/PAD, grid -1), then a by the row and a by the column (0 for
+    non-cells), each group with frequencies base^(-i/size)."""
+    n = head_dim // 2
+    n_axis = (n - n // 4) // 2
+    n_grid = n - 2 * n_axis
+    cell = _is_cell(row, col)
+    angles = [max(grid, 0) * base ** (-i / n_grid) for i in range(n_grid)]
+    angles += [(row if cell else 0) * base ** (-i / n_axis) for i in range(n_axis)]
+    angles += [(col if cell else 0) * base ** (-i / n_axis) for i in range(n_axis)]
+    return angles
+
+
 def _cos_sin(m: PositionalEncoding, p: Positions, angles_of) -> tuple[Tensor, Tensor]:
     hs = m.head_dim
     cos = torch.zeros(p.pos.shape[0], 1, p.pos.shape[1], hs)
     sin = torch.zeros_like(cos)
-    for b, t, pos, row, col, _ in _tokens(p):
-        for i, a in enumerate(angles_of(pos, row, col, hs)):
+    for b, t, pos, row, col, grid in _tokens(p):
+        for i, a in enumerate(angles_of(pos, row, col, hs, grid)):
             cos[b, 0, t, i] = cos[b, 0, t, i + hs // 2] = math.cos(a)  # dims i and i + hs/2 form pair i
             sin[b, 0, t, i] = sin[b, 0, t, i + hs // 2] = math.sin(a)
     return cos, sin
 
 
 def rope_1d(m: PositionalEncoding, p: Positions) -> tuple[Tensor, Tensor]:
-    return _cos_sin(m, p, lambda pos, row, col, hs: rope_angles_1d(pos, hs))
+    return _cos_sin(m, p, lambda pos, row, col, hs, grid: rope_angles_1d(pos, hs))
 
 
 def rope_2d(m: PositionalEncoding, p: Positions) -> tuple[Tensor, Tensor]:
-    return _cos_sin(m, p, lambda pos, row, col, hs: rope_angles_2d(row, col, hs))
+    return _cos_sin(m, p, lambda pos, row, col, hs, grid: rope_angles_2d(row, col, hs))
+
+
+def rope_3d(m: PositionalEncoding, p: Positions) -> tuple[Tensor, Tensor]:
+    return _cos_sin(m, p, lambda pos, row, col, hs, grid: rope_angles_3d(grid, row, col, hs))
 
 
 def rotate(x: Tensor, angles: list[list[float]]) -> Tensor:
@@ -190,5 +208,6 @@ REFERENCES: dict[str, Callable] = {
     "quadtree_2d": quadtree_2d,
     "sinusoidal_2d": sinusoidal_2d,
     "rope_2d": rope_2d,
+    "rope_3d": rope_3d,
     "alibi_2d": alibi_2d,
 }

@@ -13,7 +13,7 @@ from torch import Tensor, nn
 from gridlm.modules.encodings.additive import Edges2D, Learned1D, OneHot2D, Quadtree2D, Sinusoidal1D, Sinusoidal2D
 from gridlm.modules.encodings.base import NoEncoding, PositionalEncoding, Positions
 from gridlm.modules.encodings.bias import Alibi2D
-from gridlm.modules.encodings.rotary import Rope1D, Rope2D
+from gridlm.modules.encodings.rotary import Rope1D, Rope2D, Rope3D
 
 EncodingName = Literal[
     "none",
@@ -25,6 +25,7 @@ EncodingName = Literal[
     "quadtree_2d",
     "sinusoidal_2d",
     "rope_2d",
+    "rope_3d",
     "alibi_2d",
 ]
 
@@ -38,6 +39,7 @@ ENCODINGS: dict[str, type[PositionalEncoding]] = {
     "quadtree_2d": Quadtree2D,  # additive, cell (row, col)
     "sinusoidal_2d": Sinusoidal2D,  # additive, cell (row, col)
     "rope_2d": Rope2D,  # rotary, cell (row, col)
+    "rope_3d": Rope3D,  # rotary, (grid index, row, col)
     "alibi_2d": Alibi2D,  # bias, cell pairs of one grid
 }
 

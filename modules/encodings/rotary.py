@@ -11,7 +11,13 @@ GPT-NeoX/litgpt) by an angle ``theta_i * position``. Since rotations compose, th
   each half with the 1D frequencies at width ``hs/2``; base 100 (as RoPE-ViT), because rows and
   columns span only 0..29 and base 10000 would leave most pairs nearly unrotated.
 
-Both return ``cos, sin`` of shape ``(B, 1, T, hs)`` (full size, each angle repeated for both dims of
+- ``rope_3d``: axial RoPE over ``(grid, row, col)``: a quarter of the pairs rotate by the token's
+  grid index (base 100), the rest split between row and column as in ``rope_2d``. Scores then
+  depend on the offsets ``(grid_k - grid_q, row_k - row_q, col_k - col_q)``: "the same cell of the
+  grid just before mine" (a demonstration output reading its input, the query output reading the
+  query input) is one fixed offset, whatever the grids' sizes and sequence positions.
+
+All return ``cos, sin`` of shape ``(B, 1, T, hs)`` (full size, each angle repeated for both dims of
 its pair), float32, gathered from tables precomputed at construction.
 """
 
@@ -96,4 +102,42 @@ class Rope2D(RotaryEncoding):
         return cos.unsqueeze(1), sin.unsqueeze(1)  # (B, 1, T, hs) each
 
 
-__all__ = ["Rope1D", "Rope2D", "rope_inv_freq"]
+class Rope3D(RotaryEncoding):
+    """``rope_3d``: axial RoPE over the token's ``(grid, row, col)``.
+
+    With ``n = hs/2`` pairs (``hs`` divisible by 8), ``a = (n - n//4) // 2`` pairs rotate by the row, ``a``
+    by the column, and the first ``n - 2a`` (about a quarter) by the grid index, each group ``i``-th pair
+    at ``100^(-i/size)`` (head dim 32: 4 grid, 6 row, 6 column pairs). A token that is
+    not a cell (markers, shape tokens, GRID_END) rotates by its grid index only; BOS and PAD (grid -1)
+    are not rotated. Sequence order inside a grid is carried by (row, col), across grids by the grid
+    index; no 1D position is needed. No parameters."""
+
+    base = 100.0
+
+    def __init__(self, d_model: int, n_heads: int, max_seq_len: int) -> None:
+        super().__init__(d_model, n_heads, max_seq_len)
+        if self.head_dim % 8:
+            raise ValueError(
+                f"rope_3d needs a head dim (model.d_model / model.n_heads) divisible by 8 "
+                f"(a quarter of the pairs for the grid index, the rest for rows and columns), got {self.head_dim}"
+            )
+        n = self.head_dim // 2
+        self.n_axis = (n - n // 4) // 2
+        self.n_grid = n - 2 * self.n_axis
+        self.register_buffer("inv_grid", rope_inv_freq(self.n_grid, self.base).float(), persistent=False)
+        self.register_buffer("inv_axis", rope_inv_freq(self.n_axis, self.base).float(), persistent=False)
+
+    def forward(self, p: Positions) -> tuple[Tensor, Tensor]:
+        fix = f"grid cells have rows and columns 0..{MAX_SIDE - 1}"
+        check_below(p.row, MAX_SIDE, "row", "rope_3d", fix)
+        check_below(p.col, MAX_SIDE, "col", "rope_3d", fix)
+        cell = (p.row >= 0) & (p.col >= 0)  # (B, T)
+        g = p.grid.clamp(min=0).float()[..., None] * self.inv_grid  # (B, T, n_grid); BOS/PAD: grid -1 -> 0
+        r = torch.where(cell, p.row, 0).float()[..., None] * self.inv_axis  # (B, T, n_axis)
+        c = torch.where(cell, p.col, 0).float()[..., None] * self.inv_axis
+        angles = torch.cat((g, r, c), dim=-1)  # (B, T, n)
+        angles = torch.cat((angles, angles), dim=-1)  # (B, T, hs): dims i and i + hs/2 share an angle
+        return angles.cos().unsqueeze(1), angles.sin().unsqueeze(1)  # (B, 1, T, hs) each
+
+
+__all__ = ["Rope1D", "Rope2D", "Rope3D", "rope_inv_freq"]
