@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from gridlm.callbacks.val_examples import EXAMPLES_FILE, FIELDS
+from gridlm.callbacks.val_examples import EXAMPLES_FILE, FIELDS, read_examples
 from gridlm.experiments import compare
 from gridlm.experiments.cli import cli_main
 from gridlm.experiments.compare import Study, fit_command, load_study, main, study_from_flags
@@ -29,9 +30,10 @@ def tiny_study_flags(tmp_path: Path) -> dict[str, str]:
     return {k.lstrip("-"): v for k, v in pairs.items()}
 
 
-def write_study(tmp_path: Path, variants: dict, name: str = "tiny") -> Path:
+def write_study(tmp_path: Path, variants: dict, name: str = "tiny", budget: dict | None = None, seeds: list[int] = [0]) -> Path:
     path = tmp_path / f"{name}.yaml"
-    study = {"name": name, "base": [str(CONFIGS / "quickstart.yaml")], "budget": {"max_steps": 2}, "seeds": [0], "flags": tiny_study_flags(tmp_path), "variants": variants}
+    study = {"name": name, "base": [str(CONFIGS / "quickstart.yaml")], "budget": budget or {"max_steps": 2}, "seeds": seeds,
+             "flags": tiny_study_flags(tmp_path), "variants": variants}  # fmt: skip
     path.write_text(json.dumps(study))  # JSON is YAML
     return path
 
@@ -266,25 +268,45 @@ def test_report_is_logged_to_the_study_wandb_group(tmp_path, monkeypatch):
 # ---------------------------------------------------------------- a real tiny study
 @pytest.mark.slow
 def test_tiny_study_runs_reports_a_failure_and_skips_on_rerun(tmp_path, capsys):
-    path = write_study(tmp_path, {"rope_1d": {"model.encoding": "rope_1d"}, "rope_2d": {"model.encoding": "rope_2d"}, "broken": {"model.encoding": "no_such"}})
+    """Two encodings and a broken variant, 2 seeds, a budget in tokens: the report has intervals,
+    paired verdicts from every run's val_examples.csv, banded curves; a re-run skips finished runs."""
+    budget = 1200
+    variants = {"rope_1d": {"model.encoding": "rope_1d"}, "rope_2d": {"model.encoding": "rope_2d"}, "broken": {"model.encoding": "no_such"}}
+    path = write_study(tmp_path, variants, budget={"tokens": budget}, seeds=[0, 1])
     out = tmp_path / "out"
     assert main(["--study", str(path), "--out", str(out), "--wandb_mode", "disabled"]) == 1  # one variant failed
 
     md = (out / "results.md").read_text()
-    assert "| rope_1d | ok | 0 |" in md and "| rope_2d | ok | 0 |" in md
+    assert re.search(r"\| rope_1d \| ok \| 0,1 \| \d\.\d{3} ± \d\.\d{3} \[-?\d\.\d{3}, \d\.\d{3}\] \|", md), md  # mean ± std [interval]
     assert "| broken | failed: --model.encoding: 'no_such' is not one of" in md
+    assert f"budget per run: tokens={budget:,}" in md and "stopped short" not in md
     with open(out / "results.csv") as f:
-        rows = {r["variant"]: r for r in csv.DictReader(f)}
-    assert rows["rope_1d"]["status"] == "ok" and int(rows["rope_1d"]["steps"]) == 2 and float(rows["rope_1d"]["val_loss"]) > 0
-    assert rows["broken"]["status"] == "failed" and "no_such" in rows["broken"]["reason"]
+        rows = [r for r in csv.DictReader(f)]
+    ok = [r for r in rows if r["status"] == "ok"]
+    assert [(r["variant"], r["seed"]) for r in ok] == [("rope_1d", "0"), ("rope_1d", "1"), ("rope_2d", "0"), ("rope_2d", "1")]
+    for r in ok:  # the token budget stopped every run, a step after it was reached at most
+        assert budget <= int(r["tokens_seen"]) < budget + 1000 and float(r["val_loss"]) > 0
+    assert all(r["status"] == "failed" and "no_such" in r["reason"] for r in rows if r["variant"] == "broken")
+
+    # every run wrote its per-example rows; the paired comparison used all of them
+    run = out / "runs" / "tiny" / "rope_2d" / "seed1" / "version_0"
+    summary = json.loads((run / "run_summary.json").read_text())
+    assert summary["config"]["study"] == "tiny" and summary["config"]["seed_everything"] == 1 and summary["config"]["max_tokens"] == budget
+    examples = read_examples(run / EXAMPLES_FILE, last_only=False)
+    assert len(examples) == 8 * len(summary["validations"]) == 8 * summary["steps"]  # validation every step
+    with open(out / "paired.csv") as f:
+        paired = {(r["variant"], r["metric"]): r for r in csv.DictReader(f)}
+    loss = paired[("rope_2d", "loss")]
+    assert loss["baseline"] == "rope_1d" and loss["examples"] == "16" and loss["seeds"] == "2"  # 8 examples x 2 seeds
+    assert loss["verdict"] in ("better", "worse", "no detectable difference") and float(loss["lo"]) <= float(loss["difference"]) <= float(loss["hi"])
+    assert paired[("rope_2d", "exact_match")]["examples"] == "4"  # n_generate 2 per run
+    assert paired[("broken", "loss")]["examples"] == "0"
+    assert "## Paired against `rope_1d`" in md and f"| rope_2d | 16 ({loss['tasks']}, 2); decoded 4 |" in md
     assert (out / "curves.png").stat().st_size > 10_000
-    summary = json.loads((out / "runs" / "tiny" / "rope_2d" / "seed0" / "version_0" / "run_summary.json").read_text())
-    assert summary["config"]["study"] == "tiny" and summary["config"]["seed_everything"] == 0
-    assert len(summary["validations"]) == 2
 
     capsys.readouterr()
     assert main(["--study", str(path), "--out", str(out), "--wandb_mode", "disabled"]) == 1
     log = capsys.readouterr().out
-    assert "rope_1d seed 0: already finished" in log and "rope_2d seed 0: already finished" in log
+    assert "rope_1d seed 0: already finished" in log and "rope_2d seed 1: already finished" in log
     assert "broken seed 0: running" in log  # a failed run is tried again
     assert not (out / "runs" / "tiny" / "rope_1d" / "seed0" / "version_1").exists()
