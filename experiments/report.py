@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Optional
 
 import numpy as np
 
+from gridlm.callbacks.val_examples import EXAMPLES_FILE
 from gridlm.experiments import stats
 from gridlm.experiments.stats import Paired, SeedStats
 
@@ -90,8 +91,8 @@ def paired(study: "Study", records: list[dict]) -> list[dict]:
 
 
 def separates_nothing(pairs: list[dict]) -> bool:
-    """True when there are paired comparisons and every one's interval contains 0 (or is missing)."""
-    results = [e[m] for e in pairs for m in PAIRED_METRICS]
+    """True when there are paired examples and every comparison's interval contains 0 (or is missing)."""
+    results = [e[m] for e in pairs for m in PAIRED_METRICS if e[m].n_examples]
     return bool(results) and all(p.crosses_zero for p in results)
 
 
@@ -119,6 +120,8 @@ def fmt_diff(p: Paired, digits: int = 3) -> str:
 
 
 def fmt_verdict(p: Paired) -> str:
+    if not p.n_examples:
+        return "—"
     return f"**{p.verdict}**" if p.verdict in (stats.BETTER, stats.WORSE) else p.verdict
 
 
@@ -206,6 +209,11 @@ def write_markdown(study: "Study", rows: list[dict], pairs: list[dict], path: Pa
         )
     if not pairs:
         lines.append("| — | only the baseline variant | | | | | | |")
+    base = next((r for r in rows if r["variant"] == study.baseline), None)
+    if base is not None and not base["seeds"]:
+        lines += ["", f"No run of the baseline `{study.baseline}` finished: nothing to pair with (`--baseline` chooses another)."]
+    elif pairs and not any(e[m].n_examples for e in pairs for m in PAIRED_METRICS):
+        lines += ["", f"No per-example results to pair (`{EXAMPLES_FILE}` missing from the runs' log folders: runs of an older gridlm?)."]
     if separates_nothing(pairs):
         lines += [""] + warning_lines(study, pairs)
     path.write_text("\n".join(lines) + "\n")

@@ -114,6 +114,9 @@ def test_variants_from_flags_are_the_cross_product(tmp_path):
     assert list(study.variants) == ["rope_1d-row_major-AdamW", "rope_1d-hilbert-AdamW", "rope_2d-row_major-AdamW", "rope_2d-hilbert-AdamW"]
     assert study.variants["rope_2d-hilbert-AdamW"] == {"model.encoding": "rope_2d", "data.order": "hilbert", "model.optimizer": "torch.optim.AdamW"}
     assert study.seeds == [0, 1] and study.max_steps == 5 and study.flags == {"trainer.val_check_interval": 5}
+    args = compare.parser().parse_args(["--config", "configs/quickstart.yaml", "--encodings", "a,b", "--max_tokens", "900", "--baseline", "b"])
+    study = study_from_flags(args)
+    assert study.max_tokens == 900 and study.baseline == "b" and study_from_flags(compare.parser().parse_args(["--config", "c", "--encodings", "a,b"])).baseline == "a"
 
 
 @pytest.mark.parametrize(
@@ -181,7 +184,8 @@ def test_finished_runs_are_skipped_and_reported_with_intervals(tmp_path, monkeyp
     mean = sum(final_a) / 2
     assert f"| a | ok | 0,1 | {mean:.3f} ± 0.707 [{mean - half:.3f}, {mean + half:.3f}] | 0.375 ± 0.177 [" in md
     assert "| b | ok | 0,1 | 3.333 ± 0.000 [3.333, 3.333] |" in md
-    assert "| b | 0 (0, 0); decoded 0 | — (no paired examples) |" in md  # runs without val_examples.csv
+    assert "| b | 0 (0, 0); decoded 0 | — (no paired examples) | — |" in md  # runs without val_examples.csv
+    assert "No per-example results to pair (`val_examples.csv` missing" in md and "separates nothing" not in md
     with open(out / "results.csv") as f:
         table = list(csv.DictReader(f))
     assert [(r["variant"], r["seed"], r["status"]) for r in table] == [("a", "0", "ok"), ("a", "1", "ok"), ("b", "0", "ok"), ("b", "1", "ok")]
@@ -248,6 +252,17 @@ def test_a_budget_that_separates_nothing_is_flagged_with_sample_sizes(tmp_path, 
     assert f"would need about **{loss['tasks_needed']} tasks** (this validation has 12)" in md
     assert "budget per run: tokens=300" in md and "stopped short" not in md  # every run reached the budget
     assert "this budget separates nothing" in capsys.readouterr().out
+
+
+def test_a_failed_baseline_is_said_not_taken_for_no_difference(tmp_path, monkeypatch):
+    study = Study(name="s", base=[str(CONFIGS / "quickstart.yaml")], variants={"a": {}, "b": {}}, seeds=[0])
+    out = tmp_path / "out"
+    fake_run(out, "s", "b", 0, 1.0, 0.5, {("t0", 0): (1.0, 1.0), ("t1", 0): (0.0, 2.0)})
+    monkeypatch.setattr(subprocess, "run", lambda cmd, **kw: subprocess.CompletedProcess(cmd, 2))  # the baseline's fit fails
+    rows = compare.compare(study, out, wandb_mode="disabled")
+    assert [r["status"] for r in rows] == ["failed", "ok"]
+    md = (out / "results.md").read_text()
+    assert "No run of the baseline `a` finished: nothing to pair with" in md and "separates nothing" not in md
 
 
 def test_report_is_logged_to_the_study_wandb_group(tmp_path, monkeypatch):
