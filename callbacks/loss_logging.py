@@ -183,6 +183,13 @@ class LossLogging(L.Callback):
             pl_module.log(k, v, on_step=True, on_epoch=False, batch_size=batch_size)
         self.last_logged = metrics
 
+    def tokens_now(self, trainer) -> int:
+        """Training tokens seen so far, every rank's, including those since the last log (without
+        resetting the logging window). A collective under DDP: call it on every rank."""
+        if self._tokens is None:
+            return self.tokens_seen
+        return self.tokens_seen + int(trainer.strategy.reduce(self._tokens.float(), reduce_op="sum").item())
+
     # ------------------------------------------------------------------ validation
     def on_validation_start(self, trainer, pl_module) -> None:
         self._val_start = time.perf_counter()
@@ -192,10 +199,7 @@ class LossLogging(L.Callback):
             self._window_val_time += time.perf_counter() - self._val_start
         if trainer.sanity_checking or trainer.state.fn != "fit":
             return
-        pending = 0
-        if self._tokens is not None:  # tokens since the last log, without resetting the window
-            pending = int(trainer.strategy.reduce(self._tokens.float(), reduce_op="sum").item())
-        entry = {"step": trainer.global_step, "tokens_seen": self.tokens_seen + pending}
+        entry = {"step": trainer.global_step, "tokens_seen": self.tokens_now(trainer)}
         for key in VAL_METRICS:
             if key in trainer.callback_metrics:
                 entry[key] = float(trainer.callback_metrics[key])

@@ -42,6 +42,8 @@ from gridlm.callbacks.checkpointing import (
 )
 from gridlm.callbacks.loss_logging import LossLogging
 from gridlm.callbacks.schedule_free import ScheduleFreeMode
+from gridlm.callbacks.token_budget import TokenBudget
+from gridlm.callbacks.val_examples import ValExamples
 from gridlm.configs import resolve_config
 from gridlm.callbacks.wandb_tracking import GridWandbLogger, WandbMode, WandbTracking
 from gridlm.datamodules.datamodule import GridDataModule
@@ -123,6 +125,8 @@ class GridLightningCLI(LightningCLI):
         parser.add_argument("--wandb_mode", type=WandbMode, default="auto", help="auto: online with an API key and network, else offline.")
         parser.add_argument("--wandb_project", type=str, default="gridlm", help="wandb project.")
         parser.add_argument("--study", type=Optional[str], default=None, help="Study name: the wandb group of the run (set by gridlm-compare).")
+        parser.add_argument("--max_tokens", type=Optional[int], default=None,
+                            help="fit: stop once this many training tokens (non-pad, all devices) are seen (TokenBudget).")  # fmt: skip
         parser.add_lightning_class_args(SubmissionWriter, "submission")
 
     def instantiate_trainer(self, **kwargs: Any) -> L.Trainer:
@@ -148,6 +152,11 @@ class GridLightningCLI(LightningCLI):
                     )
                 )
             kwargs["logger"] = loggers
+        if self.subcommand == "fit" and cfg.get("max_tokens") is not None:
+            # right after LossLogging, whose token count it reads after each batch
+            defaults = list(self.trainer_defaults.get("callbacks") or [])
+            at = next((i + 1 for i, c in enumerate(defaults) if isinstance(c, LossLogging)), len(defaults))
+            self.trainer_defaults = {**self.trainer_defaults, "callbacks": [*defaults[:at], TokenBudget(cfg["max_tokens"]), *defaults[at:]]}
         if trainer_cfg.get("plugins") is None:
             kwargs["plugins"] = [AtomicCheckpointIO()]  # atomic saves, weights_only loads
         return super().instantiate_trainer(**kwargs)
@@ -270,7 +279,7 @@ def cli_main(args: Optional[list[str]] = None, run: bool = True, **kwargs: Any) 
         model_class=L.LightningModule,
         datamodule_class=GridDataModule,
         subclass_mode_model=True,
-        trainer_defaults={"callbacks": [ScheduleFreeMode(), LossLogging(), WandbTracking(), FaultTolerance()], "use_distributed_sampler": False},
+        trainer_defaults={"callbacks": [ScheduleFreeMode(), LossLogging(), ValExamples(), WandbTracking(), FaultTolerance()], "use_distributed_sampler": False},
         parser_class=kwargs.pop("parser_class", GridArgumentParser),
         save_config_kwargs={"overwrite": True},
         args=args,

@@ -4,13 +4,18 @@ A study is a base config, a training budget, seeds, and named variants, each a f
 differ from the base (an encoding, an order, an optimizer). Every run is a separate
 ``python -m gridlm.experiments.cli fit`` process, one after the other, with the same data, budget and
 seed list, ``--run_name <study>/<variant>/seed<k>`` and ``--study <study>`` (the wandb group).
-Its log folder gets ``run_summary.json`` (``callbacks/loss_logging.py``); the study then writes
+Its log folder gets ``run_summary.json`` (``callbacks/loss_logging.py``) and
+``val_examples.csv`` (``callbacks/val_examples.py``); the study then writes
+(``gridlm.experiments.report``, statistics from ``gridlm.experiments.stats``)
 
-- ``<out>/results.md``: one row per variant: status, seeds, final ``val/loss`` mean ± std over
-  seeds, ``val/cell_acc``, ``val/exact_match``, tokens/s and wall time;
-- ``<out>/results.csv``: one row per run (variant, seed), the numbers behind the table;
-- ``<out>/curves.png``: ``val/loss`` and ``val/cell_acc`` against tokens seen, one line per
-  variant (mean over seeds) and a band from the lowest to the highest seed.
+- ``<out>/results.md``: per variant: final metrics, mean ± std and 95% Student-t interval over
+  seeds, tokens seen and wall time; per variant against the baseline: the paired difference in
+  exact match and loss on the same validation examples, its 95% bootstrap interval over tasks,
+  a verdict (better / worse / no detectable difference) and how many tasks or seeds a difference
+  of that size needs; a warning when no interval excludes zero;
+- ``<out>/results.csv``: one row per run (variant, seed); ``<out>/paired.csv``: the paired table;
+- ``<out>/curves.png``: ``val/loss``, ``val/exact_match`` and ``val/cell_acc`` against training
+  tokens seen, mean over seeds with a 95% band, also logged to the study's wandb group.
 
 Re-running skips runs whose ``run_summary.json`` says ``finished``. A failed run is reported in
 the table with a one-line reason (its full output is in ``<out>/logs/``); the others go on.
@@ -19,37 +24,37 @@ Study file (``configs/studies/<name>.yaml``)::
 
     name: encodings_arc1                 # wandb group and folder name
     base: [configs/quickstart.yaml]      # --config file(s); relative to the cwd or the repo
-    budget: {max_steps: 200, max_time: "00:00:04:00"}   # trainer.max_steps / trainer.max_time
-    seeds: [0]                           # seed_everything and data.seed of each run
+    budget: {tokens: 1000000, max_time: "00:00:08:00"}  # --max_tokens / trainer.max_steps / trainer.max_time
+    seeds: [0, 1]                        # seed_everything and data.seed of each run
+    baseline: rope_1d                    # the variant the others are paired with (default: the first)
     flags: {trainer.val_check_interval: 50}             # flags shared by every variant
     variants:                            # name -> flags that differ from the base
       rope_1d: {model.encoding: rope_1d}
       rope_2d: {model.encoding: rope_2d}
 
 Without a study file, ``--config``, ``--encodings``, ``--orders``, ``--optimizers`` (the cross
-product makes the variants), ``--seeds``, ``--max_steps``/``--max_time`` and ``--set`` build one.
+product makes the variants), ``--seeds``, ``--max_steps``/``--max_time``/``--max_tokens`` and
+``--set`` build one.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import json
-import math
 import os
 import re
-import statistics
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from itertools import product
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
 import yaml
 
 from gridlm.callbacks.loss_logging import SUMMARY_FILE
+from gridlm.callbacks.val_examples import EXAMPLES_FILE, read_examples
 from gridlm.configs import CONFIG_DIR
 from gridlm.configs import resolve_config as packaged_config
 
@@ -70,7 +75,9 @@ class Study:
     seeds: list[int] = field(default_factory=lambda: [0])  # seed_everything and data.seed per run
     max_steps: Optional[int] = None  # trainer.max_steps of every run (None: the base config's)
     max_time: Optional[str] = None  # trainer.max_time "DD:HH:MM:SS" cap of every run
+    max_tokens: Optional[int] = None  # --max_tokens: training tokens of every run (equal compute)
     flags: dict[str, Any] = field(default_factory=dict)  # flags shared by every variant
+    baseline: Optional[str] = None  # variant the others are paired with; None: the first
 
     def __post_init__(self) -> None:
         for what, name in [("study name", self.name), *(("variant name", v) for v in self.variants)]:
@@ -82,6 +89,12 @@ class Study:
             raise ValueError(f"study {self.name!r}: seeds must be a non-empty list of integers, got {self.seeds!r}")
         if self.max_steps is not None and (not isinstance(self.max_steps, int) or self.max_steps < 1):
             raise ValueError(f"study {self.name!r}: budget.max_steps must be a positive integer, got {self.max_steps!r}")
+        if self.max_tokens is not None and (isinstance(self.max_tokens, bool) or not isinstance(self.max_tokens, int) or self.max_tokens < 1):
+            raise ValueError(f"study {self.name!r}: budget.tokens must be a positive integer (e.g. 2000000), got {self.max_tokens!r}")
+        if self.baseline is None:
+            self.baseline = next(iter(self.variants))
+        elif self.baseline not in self.variants:
+            raise ValueError(f"study {self.name!r}: baseline {self.baseline!r} is not a variant; variants: {', '.join(self.variants)}")
         for variant, flags in self.variants.items():
             if not isinstance(flags, dict):
                 raise ValueError(f"study {self.name!r}: variant {variant!r} must map flags to values, got {flags!r}")
@@ -98,12 +111,12 @@ def load_study(path: str | Path) -> Study:
     raw = yaml.safe_load(path.read_text()) or {}
     if not isinstance(raw, dict):
         raise ValueError(f"{path}: a study file must be a mapping (name, base, budget, seeds, variants)")
-    unknown = set(raw) - {"name", "description", "base", "budget", "seeds", "flags", "variants"}
+    unknown = set(raw) - {"name", "description", "base", "budget", "seeds", "baseline", "flags", "variants"}
     if unknown:
-        raise ValueError(f"{path}: unknown keys {sorted(unknown)}; allowed: name, description, base, budget, seeds, flags, variants")
+        raise ValueError(f"{path}: unknown keys {sorted(unknown)}; allowed: name, description, base, budget, seeds, baseline, flags, variants")
     budget = raw.get("budget") or {}
-    if set(budget) - {"max_steps", "max_time"}:
-        raise ValueError(f"{path}: budget keys must be max_steps and/or max_time, got {sorted(budget)}")
+    if not isinstance(budget, dict) or set(budget) - {"max_steps", "max_time", "tokens"}:
+        raise ValueError(f"{path}: budget keys must be tokens, max_steps and/or max_time, got {budget!r}")
     base = raw.get("base") or []
     try:
         return Study(
@@ -113,7 +126,9 @@ def load_study(path: str | Path) -> Study:
             seeds=list(raw.get("seeds") or [0]),
             max_steps=budget.get("max_steps"),
             max_time=budget.get("max_time"),
+            max_tokens=budget.get("tokens"),
             flags=raw.get("flags") or {},
+            baseline=raw.get("baseline"),
         )
     except ValueError as err:
         raise ValueError(f"{path}: {err}") from None
@@ -151,6 +166,9 @@ def fit_command(study: Study, variant: str, seed: int, out: Path, wandb_mode: st
     if study.max_time is not None:
         flags["trainer.max_time"] = study.max_time
         flags.setdefault("trainer.max_steps", -1)
+    if study.max_tokens is not None:
+        flags["max_tokens"] = study.max_tokens
+        flags.setdefault("trainer.max_steps", -1)  # the token budget stops the run
     flags.update(
         {
             "seed_everything": seed,
@@ -252,127 +270,27 @@ def _record(variant: str, seed: int, summary: dict) -> dict:
         "wall_time_s": summary.get("wall_time_s"),
         "log_dir": summary.get("log_dir"),
         "validations": summary.get("validations") or [],
+        "examples": _examples(summary.get("log_dir"), seed),
     }
 
 
-# ---------------------------------------------------------------------- reports
-def _stats(values: Sequence[Optional[float]]) -> tuple[Optional[float], Optional[float]]:
-    vals = [float(v) for v in values if v is not None and math.isfinite(float(v))]
-    if not vals:
-        return None, None
-    return statistics.fmean(vals), (statistics.stdev(vals) if len(vals) > 1 else None)
-
-
-def _fmt(mean: Optional[float], std: Optional[float], digits: int = 3) -> str:
-    if mean is None:
-        return "—"
-    return f"{mean:.{digits}f}" + (f" ± {std:.{digits}f}" if std is not None else "")
-
-
-def summarize(study: Study, records: list[dict]) -> list[dict]:
-    """One row per variant (in study order): status, seeds, mean ± std of the final metrics."""
-    rows = []
-    for variant in study.variants:
-        recs = [r for r in records if r["variant"] == variant]
-        ok = [r for r in recs if r["status"] == "ok"]
-        failed = [r for r in recs if r["status"] != "ok"]
-        status = "ok" if not failed else ("failed" if not ok else f"{len(failed)}/{len(recs)} failed")
-        row = {"variant": variant, "status": status, "reason": failed[0]["reason"] if failed else "", "seeds": [r["seed"] for r in ok]}
-        for key in ("val_loss", "val_cell_acc", "val_exact_match", "tokens_per_s", "wall_time_s", "tokens_seen"):
-            row[key] = _stats([r.get(key) for r in ok])
-        rows.append(row)
-    return rows
-
-
-def write_markdown(study: Study, rows: list[dict], path: Path) -> None:
-    lines = [
-        f"# Study `{study.name}`",
-        "",
-        f"Base: {', '.join(f'`{b}`' for b in study.base)}; budget: "
-        + ", ".join(f"{k}={v}" for k, v in (("max_steps", study.max_steps), ("max_time", study.max_time)) if v is not None)
-        + f"; seeds: {study.seeds}. Final validation metrics, mean ± std over seeds.",
-        "",
-        "| variant | status | seeds | val/loss | val/cell_acc | val/exact_match | tokens seen | tokens/s | wall time (s) |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
-    for r in rows:
-        status = r["status"] + (f": {r['reason']}" if r["reason"] else "")
-        status = status.replace("|", "\\|")
-        lines.append(
-            f"| {r['variant']} | {status} | {','.join(map(str, r['seeds'])) or '—'} | {_fmt(*r['val_loss'])} | "
-            f"{_fmt(*r['val_cell_acc'])} | {_fmt(*r['val_exact_match'])} | {_fmt(r['tokens_seen'][0], None, 0)} | "
-            f"{_fmt(r['tokens_per_s'][0], None, 0)} | {_fmt(r['wall_time_s'][0], None, 0)} |"
-        )
-    path.write_text("\n".join(lines) + "\n")
-
-
-def write_csv(records: list[dict], path: Path) -> None:
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=CSV_FIELDS, extrasaction="ignore")
-        writer.writeheader()
-        for r in records:
-            writer.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in CSV_FIELDS})
-
-
-def plot_curves(study: Study, records: list[dict], path: Path) -> None:
-    """``val/loss`` and ``val/cell_acc`` against tokens seen; validations are aligned by their
-    index (runs of a study validate at the same steps), x is the mean tokens seen over seeds."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
-    for i, variant in enumerate(study.variants):
-        runs = [r["validations"] for r in records if r["variant"] == variant and r["status"] == "ok" and r.get("validations")]
-        if not runs:
-            continue
-        n = min(len(v) for v in runs)
-        colour = plt.cm.tab10(i % 10) if len(study.variants) <= 10 else plt.cm.tab20(i % 20)
-        for ax, key in zip(axes, ("val/loss", "val/cell_acc")):
-            x = np.array([[v[j]["tokens_seen"] for j in range(n)] for v in runs], dtype=float).mean(0)
-            y = np.array([[v[j].get(key, np.nan) for j in range(n)] for v in runs], dtype=float)  # (seeds, n)
-            ax.plot(x, np.nanmean(y, 0), marker="o", markersize=3, color=colour, label=variant)
-            if len(runs) > 1:
-                ax.fill_between(x, np.nanmin(y, 0), np.nanmax(y, 0), color=colour, alpha=0.2)
-    for ax, key in zip(axes, ("val/loss (nats per test-output token)", "val/cell_acc (test-output cells)")):
-        ax.set_xlabel("training tokens seen")
-        ax.set_ylabel(key)
-        ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
-    fig.suptitle(f"study {study.name}: mean over seeds {study.seeds}" + (" (band: min-max)" if len(study.seeds) > 1 else ""))
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-
-
-def print_table(study: Study, rows: list[dict]) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title=f"study {study.name}")
-    for col in ("variant", "status", "val/loss", "val/cell_acc", "val/exact_match", "tokens/s", "wall s"):
-        table.add_column(col)
-    for r in rows:
-        table.add_row(
-            r["variant"], r["status"] + (f": {r['reason'][:60]}" if r["reason"] else ""), _fmt(*r["val_loss"]),
-            _fmt(*r["val_cell_acc"]), _fmt(*r["val_exact_match"]), _fmt(r["tokens_per_s"][0], None, 0), _fmt(r["wall_time_s"][0], None, 0),
-        )  # fmt: skip
-    Console().print(table)
+def _examples(log_dir: Optional[str], seed: int) -> list[dict]:
+    """The last validation's per-example rows of a run (``val_examples.csv``), keyed by the
+    study's seed; [] for a run without the file (older runs, other modules)."""
+    path = Path(log_dir or "") / EXAMPLES_FILE
+    if not log_dir or not path.is_file():
+        return []
+    return [{**r, "seed": seed} for r in read_examples(path)]
 
 
 def compare(study: Study, out: str | Path, wandb_mode: str = "auto", force: bool = False) -> list[dict]:
-    """Run the study and write ``results.md``, ``results.csv`` and ``curves.png`` into ``out``."""
+    """Run the study, write ``results.md``, ``results.csv``, ``paired.csv`` and ``curves.png``
+    into ``out``, log the curves and tables to the study's wandb group; one row per variant."""
+    from gridlm.experiments import report
+
     out = Path(out)
     records = run_study(study, out, wandb_mode=wandb_mode, force=force)
-    rows = summarize(study, records)
-    write_markdown(study, rows, out / "results.md")
-    write_csv(records, out / "results.csv")
-    plot_curves(study, records, out / "curves.png")
-    print_table(study, rows)
-    print(f"gridlm-compare: wrote {out / 'results.md'}, {out / 'results.csv'}, {out / 'curves.png'}")
-    return rows
+    return report.write_report(study, records, out, wandb_mode=wandb_mode)
 
 
 # ---------------------------------------------------------------------- command line
@@ -403,19 +321,24 @@ def study_from_flags(args: argparse.Namespace) -> Study:
             raise ValueError(f"--set {item!r}: expected key=value, e.g. --set trainer.val_check_interval=50")
         key, value = item.split("=", 1)
         shared[key] = yaml.safe_load(value)
-    try:
-        seeds = [int(s) for s in _split(args.seeds)] or [0]
-    except ValueError:
-        raise ValueError(f"--seeds {args.seeds!r}: expected comma-separated integers, e.g. 0,1,2") from None
     return Study(
         name=args.name or "study",
         base=list(args.config),
         variants=variants,
-        seeds=seeds,
+        seeds=_seeds(args.seeds) or [0],
         max_steps=args.max_steps,
         max_time=args.max_time,
+        max_tokens=args.max_tokens,
         flags=shared,
+        baseline=args.baseline,
     )
+
+
+def _seeds(text: Optional[str]) -> list[int]:
+    try:
+        return [int(s) for s in _split(text)]
+    except ValueError:
+        raise ValueError(f"--seeds {text!r}: expected comma-separated integers, e.g. 0,1,2") from None
 
 
 def parser() -> argparse.ArgumentParser:
@@ -430,6 +353,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", help="comma-separated seeds (default 0)")
     p.add_argument("--max_steps", type=int, help="training steps of every run (overrides the study's budget)")
     p.add_argument("--max_time", help="wall-time cap of every run, DD:HH:MM:SS (overrides the study's budget)")
+    p.add_argument("--max_tokens", type=int, help="training tokens of every run: equal compute (overrides the study's budget)")
+    p.add_argument("--baseline", help="variant the others are paired with (default: the study's, else the first)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="flag shared by every run, e.g. trainer.val_check_interval=50")
     p.add_argument("--wandb_mode", default="auto", choices=["auto", "online", "offline", "disabled"])
     p.add_argument("--force", action="store_true", help="re-run finished runs too")
@@ -442,12 +367,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     try:
         if args.study:
             study = load_study(args.study)
-            if args.max_steps is not None:
-                study.max_steps = args.max_steps
-            if args.max_time is not None:
-                study.max_time = args.max_time
-            if args.seeds:
-                study.seeds = [int(s) for s in _split(args.seeds)]
+            overrides = {"max_steps": args.max_steps, "max_time": args.max_time, "max_tokens": args.max_tokens,
+                         "baseline": args.baseline, "seeds": _seeds(args.seeds) or None}  # fmt: skip
+            study = replace(study, **{k: v for k, v in overrides.items() if v is not None})  # checked again
         else:
             study = study_from_flags(args)
         out = Path(args.out or Path("runs") / "studies" / study.name)

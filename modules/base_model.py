@@ -5,10 +5,12 @@ Training minimises cross-entropy on the supervised positions (``target_mask``, s
 query outputs; the demonstrations in the context are often training pairs), ``val/cell_acc``
 (teacher-forced accuracy on the query-output cells) and ``val/exact_match`` (free-running greedy
 decoding of the query output, constrained to the grid grammar, for the first ``n_generate``
-validation examples in loader order). With ``n_votes > 1`` those examples are also solved
-under augmentation voting (``gridlm.modules.voting``) and ``val/pass1``/``val/pass2`` are logged;
-``predict`` then writes the top two voted grids, optionally after per-task test-time training
-(``ttt_steps``, ``gridlm.modules.ttt``).
+validation examples in loader order), and keeps one row per example (``eval_examples``:
+task, test index, loss, exact match or None if not decoded; ``gridlm.modules.eval_examples``).
+With ``n_votes > 1`` those examples are also solved under augmentation voting
+(``gridlm.modules.voting``) and ``val/pass1``/``val/pass2`` are logged; ``predict`` then writes
+the top two voted grids, optionally after per-task test-time training (``ttt_steps``,
+``gridlm.modules.ttt``).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from gridlm.datamodules.tokens import ROLE_TEST_OUTPUT, VOCAB_SIZE
 from gridlm.modules.decoding import Decoded, generate_grids
 from gridlm.modules.encodings import Positions
 from gridlm.modules.encodings.registry import EncodingName
+from gridlm.modules.eval_examples import example_rows
 from gridlm.modules.provenance import run_metadata
 from gridlm.modules.ttt import TTTConfig, adapted
 from gridlm.modules.voting import VotingConfig, batch_prompts, vote
@@ -184,6 +187,7 @@ class AutoregressiveGridModel(L.LightningModule):
             }
         )
         self.last_predictions: list[dict] = []
+        self.eval_examples: list[dict] = []  # this device's per-example rows of the current validation/test
 
     # ---------------------------------------------------------------- losses
     def token_losses(self, batch: dict) -> tuple[Tensor, Tensor, Tensor]:
@@ -297,6 +301,7 @@ class AutoregressiveGridModel(L.LightningModule):
         # and limit_val_batches keeps only the first ones: choosing by dataset index decoded fewer)
         chosen = list(range(max(0, min(B, self._decode_budget - self._n_decoded))))
         self._n_decoded += len(chosen)
+        hits: list[float] = []
         if chosen and self.voting.n_votes > 1:
             # the first vote is the identity augmentation: its decode is the plain greedy one
             results = vote(self.model, batch_prompts(batch, chosen, self.order, self.row_end), self.order, self.row_end, self.voting)
@@ -311,6 +316,7 @@ class AutoregressiveGridModel(L.LightningModule):
             decoded = self.decode_batch(batch, chosen)
             hits = [float(d.grid is not None and _same(d.grid, batch["meta"][i]["target"])) for i, d in zip(chosen, decoded)]
             m["exact_match"].update(torch.tensor(hits, device=self.device))
+        self.eval_examples += example_rows(batch, losses, dict(zip(chosen, hits)))  # written by ValExamples
         if self.n_generate > 0:
             self.log(f"{stage}/exact_match", m["exact_match"], on_epoch=True, prog_bar=True, batch_size=B)
         if self.n_generate > 0 and self.voting.n_votes > 1:
@@ -329,6 +335,7 @@ class AutoregressiveGridModel(L.LightningModule):
         world, rank = (self.trainer.world_size, self.trainer.global_rank) if self._trainer is not None else (1, 0)
         self._decode_budget = self.n_generate // world + (rank < self.n_generate % world)
         self._n_decoded = 0  # examples decoded for exact match in this validation (this device)
+        self.eval_examples = []
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         self._eval_step(batch, "val")
