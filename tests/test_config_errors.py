@@ -31,8 +31,8 @@ def test_bad_order_lists_the_orders(capsys):
 
 
 def test_bad_encoding_lists_the_encodings(capsys):
-    msg = run_error(capsys, "--model.encoding", "rope_3d")
-    assert msg.startswith("--model.encoding: 'rope_3d' is not one of ")
+    msg = run_error(capsys, "--model.encoding", "rope_4d")
+    assert msg.startswith("--model.encoding: 'rope_4d' is not one of ")
     assert set(msg.split("is not one of ")[1].split(", ")) == set(ENCODINGS) | {"none"}
 
 
