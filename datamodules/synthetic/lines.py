@@ -68,7 +68,7 @@ def _colour_and_style(rng: np.random.Generator, d: Difficulty) -> Params:
 # --- rays ------------------------------------------------------------------------------------
 
 RAYS = ("down", "up", "right", "left", "vertical", "horizontal")
-_TURNS = {"down": 0, "right": 1, "up": 2, "left": 3}  # np.rot90 turns that make the direction "down"
+_TURNS = {"down": 0, "left": 1, "up": 2, "right": 3}  # np.rot90 (anticlockwise) turns that bring that side to the bottom
 
 
 def _ray_down(x: np.ndarray) -> np.ndarray:

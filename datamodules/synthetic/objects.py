@@ -28,7 +28,7 @@ from gridlm.datamodules.synthetic.core import (
 )
 
 DIRECTIONS = ("down", "up", "right", "left")
-_TURNS = {"down": 0, "right": 1, "up": 2, "left": 3}  # np.rot90 turns that make the direction "down"
+_TURNS = {"down": 0, "left": 1, "up": 2, "right": 3}  # np.rot90 (anticlockwise) turns that bring that side to the bottom
 
 
 # --- gravity ---------------------------------------------------------------------------------
