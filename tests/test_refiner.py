@@ -275,7 +275,7 @@ def test_a_trained_refiner_raises_exact_match_above_the_base_drafts(tmp_path):
     on half base drafts, half corrupted targets lifts exact match on the same 64 validation pairs
     (measured: 0.70), fixing far more cells than it breaks."""
     L.seed_everything(0)
-    data = dict(source="synthetic:flip_h", n_synthetic=64, synthetic_max_side=2, max_seq_len=256, batch_size=8,
+    data = dict(source="synthetic_fixed:flip_h", n_synthetic=64, synthetic_max_side=2, max_seq_len=256, batch_size=8,
                 max_val_examples=64, augment=False)  # fmt: skip
     arch = dict(d_model=32, n_layers=2, n_heads=2, max_seq_len=256, encoding=["rope_1d", "onehot_2d"])
     base = AutoregressiveGridModel(**arch, n_generate=0)
