@@ -6,13 +6,14 @@ tokens: each epoch the examples are shuffled, cut into *mega-batches* of
 batches, and the batch order is shuffled (the "sortish" sampler of fairseq / HF Trainer).
 Everything is a pure function of ``(seed, epoch)``, so a run and its resume see the same
 batches. The sampler yields ``(index, epoch)`` keys so the dataset can draw per-epoch
-augmentations deterministically, also inside worker processes.
+augmentations deterministically, also inside worker processes. A dataset whose examples change
+every epoch (the synthetic stream) passes ``lengths_for(epoch)``; its size stays the same.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Optional, Sequence
 
 import numpy as np
 import torch
@@ -33,6 +34,7 @@ class BucketBatchSampler(Sampler[list[tuple[int, int]]]):
         num_replicas: int = 1,
         rank: int = 0,
         fill: str = "repeat",
+        lengths_for: Optional[Callable[[int], Sequence[int]]] = None,
     ) -> None:
         if fill not in ("repeat", "split"):
             raise ValueError(f"fill must be 'repeat' or 'split', got {fill!r}")
@@ -49,6 +51,7 @@ class BucketBatchSampler(Sampler[list[tuple[int, int]]]):
         self.num_replicas = num_replicas
         self.rank = rank
         self.fill = fill
+        self.lengths_for = lengths_for  # epoch -> lengths, for datasets that change every epoch
         self.epoch = 0
         self.start_batch = 0  # batches of this epoch already consumed (set when resuming mid-epoch)
 
@@ -67,6 +70,9 @@ class BucketBatchSampler(Sampler[list[tuple[int, int]]]):
         """All batches of an epoch for every replica, as arrays of example indices."""
         epoch = self.epoch if epoch is None else epoch
         n = len(self.lengths)
+        lengths = self.lengths if self.lengths_for is None else np.asarray(self.lengths_for(epoch), dtype=np.int64)
+        if len(lengths) != n:
+            raise ValueError(f"lengths_for({epoch}) gave {len(lengths)} lengths, the dataset has {n} examples")
         if self.shuffle:
             rng = np.random.default_rng([self.seed, epoch])
             order = rng.permutation(n)
@@ -74,10 +80,10 @@ class BucketBatchSampler(Sampler[list[tuple[int, int]]]):
             parts = []
             for s in range(0, n, chunk):
                 idx = order[s : s + chunk]
-                parts.append(idx[np.argsort(self.lengths[idx], kind="stable")])
+                parts.append(idx[np.argsort(lengths[idx], kind="stable")])
             order = np.concatenate(parts) if parts else order
         else:
-            order = np.argsort(self.lengths, kind="stable")
+            order = np.argsort(lengths, kind="stable")
         batches = [order[s : s + self.batch_size] for s in range(0, n, self.batch_size)]
         if self.drop_last and batches and len(batches[-1]) < self.batch_size:
             batches.pop()

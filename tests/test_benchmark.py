@@ -21,19 +21,26 @@ TOY = benchmark.BenchConfig(
 )
 
 
-@pytest.mark.slow  # ~20 s on 2 idle cores: seven sections, three Lightning fits, ARC-AGI-1 loaded thrice
+def benchmark_families():
+    from gridlm.datamodules.synthetic import FAMILIES
+
+    return FAMILIES
+
+
+@pytest.mark.slow  # ~25 s on 2 idle cores: eight sections, three Lightning fits, ARC-AGI-1 loaded thrice
 def test_toy_benchmark_writes_every_key(tmp_path):
     results = benchmark.run(TOY, log=lambda msg: None)
     json_path, md_path = benchmark.write_outputs(results, tmp_path, "python -m gridlm.experiments.benchmark --toy")
     data = json.loads(json_path.read_text())
     keys = ["lightning_vs_plain", "vs_x_transformers", "peak_fraction", "pad_fraction_bucketed", "pad_fraction_naive",
-            "kv_cache_speedup", "batch_probe_ratio", "encoding_step_time_vs_none"]
+            "kv_cache_speedup", "batch_probe_ratio", "synthetic_prepare_vs_step", "pad_fraction_synthetic", "encoding_step_time_vs_none"]
     for key in keys:
         assert key in data, f"{key} missing from benchmarks.json"
     for key in keys[:-1]:
         assert isinstance(data[key], float) and math.isfinite(data[key]) and data[key] > 0, (key, data[key])
     assert data["kv_cache_identical_tokens"] is True and data["decode_grid_shape"] == [3, 3]
     assert 0 <= data["pad_fraction_bucketed"] < data["pad_fraction_naive"] < 1
+    assert 0 < data["synthetic_ms_per_task"] and data["synthetic_ms_per_task_slowest"][0] in benchmark_families()
     assert set(data["encoding_step_time_vs_none"]) >= {"none", "rope_1d", "alibi_2d", "rope_1d+onehot_2d"}
     assert data["encoding_step_time_vs_none"]["none"] == 1.0
     report = md_path.read_text()

@@ -67,7 +67,7 @@ def test_no_test_output_in_any_training_sequence():
 
 
 def test_eval_demonstrations_join_training_only_when_asked():
-    base = dict(source="synthetic:flip_h", val_source="synthetic:gravity", n_synthetic=6, max_seq_len=1024)
+    base = dict(source="synthetic_fixed:flip_h", val_source="synthetic_fixed:gravity", n_synthetic=6, max_seq_len=1024)
     off = GridDataModule(**base)
     off.setup("fit")
     on = GridDataModule(**base, train_on_val_demos=True)
@@ -81,7 +81,7 @@ def test_eval_demonstrations_join_training_only_when_asked():
 
 
 def test_augmentation_is_consistent_across_the_example_and_deterministic():
-    dm = GridDataModule(source="synthetic:flip_h", n_synthetic=4, max_seq_len=1024, seed=7)
+    dm = GridDataModule(source="synthetic_fixed:flip_h", n_synthetic=4, max_seq_len=1024, seed=7)
     dm.setup("fit")
     ds = dm.datasets["train"]
     a, b, c = ds[(0, 0)], ds[(0, 0)], ds[(0, 1)]
@@ -101,7 +101,7 @@ def test_augmentation_is_consistent_across_the_example_and_deterministic():
 
 
 def test_batches_are_padded_only_to_their_longest_member():
-    dm = GridDataModule(source="synthetic", n_synthetic=24, max_seq_len=1024, batch_size=4)
+    dm = GridDataModule(source="synthetic", n_synthetic=24, max_seq_len=1024, batch_size=4, synthetic_epoch_size=48)
     dm.setup("fit")
     for batch in dm.train_dataloader():
         T = batch["tokens"].shape[1]

@@ -120,6 +120,21 @@ def test_zero_passes_return_the_draft_and_passes_stop_when_nothing_changes():
     assert all(a.shape == d.shape for a, d in zip(once, drafts))
 
 
+def test_a_stream_gets_new_drafts_for_the_new_tasks_of_each_epoch():
+    """Index i of a synthetic stream is another task every epoch: an un-augmented draft cached in
+    epoch 0 must not be reused for epoch 1's task at the same index."""
+    dm = _datamodule(augment=False, synthetic_epoch_size=8)
+    model, fake = _refiner_with_fake_base(draft_ratio=1.0)
+    loader = dm.train_dataloader()
+    for epoch in (0, 1):
+        loader.batch_sampler.set_epoch(epoch)
+        model.on_train_epoch_start()
+        for batch in loader:
+            drafts, _, _ = model.training_drafts(batch)
+            assert all(np.shape(d) == np.shape(m["target"]) for d, m in zip(drafts, batch["meta"]))
+    assert fake.rows == 16  # every task of both epochs decoded once
+
+
 def test_panel_grids_show_input_target_draft_and_refined():
     """What WandbTracking draws for a refiner run (it drew nothing: it asked for decode_batch)."""
     from gridlm.experiments.show import grids_to_image
@@ -157,7 +172,7 @@ def test_each_draft_is_decoded_once_per_epoch():
     for batch in val:
         model.eval_drafts(batch, "val")
     assert fake.rows == n_val + len(dm.datasets["train"])
-    assert all(k[0] == "val" or k[2][0] == 0 for k in model.draft_cache)
+    assert all(k[0] == "val" or k[-1][0] == 0 for k in model.draft_cache)
 
 
 def test_training_replaces_wrong_shape_base_drafts_by_corrupted_targets():
@@ -260,7 +275,7 @@ def test_a_trained_refiner_raises_exact_match_above_the_base_drafts(tmp_path):
     on half base drafts, half corrupted targets lifts exact match on the same 64 validation pairs
     (measured: 0.70), fixing far more cells than it breaks."""
     L.seed_everything(0)
-    data = dict(source="synthetic:flip_h", n_synthetic=64, synthetic_max_side=2, max_seq_len=256, batch_size=8,
+    data = dict(source="synthetic_fixed:flip_h", n_synthetic=64, synthetic_max_side=2, max_seq_len=256, batch_size=8,
                 max_val_examples=64, augment=False)  # fmt: skip
     arch = dict(d_model=32, n_layers=2, n_heads=2, max_seq_len=256, encoding=["rope_1d", "onehot_2d"])
     base = AutoregressiveGridModel(**arch, n_generate=0)

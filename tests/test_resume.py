@@ -29,12 +29,14 @@ CKPT_EVERY_2 = (
 
 
 def flags(root: Path, steps: int, **extra: str) -> list[str]:
-    """tiny_flags with checkpoints every 2 steps and validation every 5 (9 batches per epoch)."""
+    """tiny_flags with checkpoints every 2 steps and validation every 5; the synthetic stream
+    serves 36 fresh tasks per epoch (9 batches), new ones every epoch."""
     return tiny_flags(
         root,
         steps=steps,
-        **{"--trainer.callbacks": CKPT_EVERY_2, "--trainer.val_check_interval": "5", "--trainer.check_val_every_n_epoch": "null", **extra},
-    )
+        **{"--trainer.callbacks": CKPT_EVERY_2, "--trainer.val_check_interval": "5", "--trainer.check_val_every_n_epoch": "null",
+           "--data.synthetic_epoch_size": "36", **extra},
+    )  # fmt: skip
 
 
 def step_losses(log_dir: str | Path) -> dict[int, float]:
