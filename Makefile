@@ -11,7 +11,7 @@ HAS_GPU := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/
 TORCH := $(if $(HAS_GPU),$(TORCH_GPU),$(TORCH_CPU))
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test test-fast bench clean help
+.PHONY: setup demo test test-fast bench learn clean help
 
 help:
 	@echo "make setup      create $(VENV) and install gridlm with dev extras ($(TORCH))"
@@ -19,6 +19,7 @@ help:
 	@echo "make test       the whole test suite (slow multi-process tests included)"
 	@echo "make test-fast  the default suite without the slow tests"
 	@echo "make bench      benchmarks -> docs/benchmarks.md and benchmarks.json"
+	@echo "make learn      train the quickstart recipe for 30 minutes, count solved tasks -> docs/learning.md, learning.json"
 
 setup: $(VENV)/.installed
 
@@ -40,6 +41,9 @@ test-fast: setup
 
 bench: setup
 	$(PY) -m gridlm.experiments.benchmark $(BENCH_ARGS)
+
+learn: setup
+	$(PY) -m gridlm.experiments.learn $(LEARN_ARGS)
 
 clean:
 	rm -rf runs lightning_logs wandb .pytest_cache

@@ -22,7 +22,7 @@ is kept); only then is it dropped. Both counts are reported.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, Optional, Sequence
+from typing import Literal, Optional, Sequence, Union
 
 import lightning as L
 import numpy as np
@@ -169,7 +169,7 @@ class GridDataModule(L.LightningDataModule):
 
     def __init__(
         self,
-        source: str = "arc1",
+        source: Union[list[str], str] = "arc1",
         val_source: Optional[str] = None,
         predict_source: Optional[str] = None,
         order: OrderName = "row_major",
@@ -201,7 +201,9 @@ class GridDataModule(L.LightningDataModule):
             source: training tasks: ``arc1``, ``arc1:eval``, ``arc2``, ``arc2:eval``, ``synthetic`` (a
                 stream of fresh tasks), ``synthetic:<family>,...`` (only those families or groups),
                 ``synthetic:-<family>,...`` (all but those), ``synthetic_fixed[:...]`` (a fixed set),
-                or a path to ARC-format JSON files (searched recursively).
+                or a path to ARC-format JSON files (searched recursively); a list of these trains on
+                all of them (e.g. ``[synthetic, arc1]``: the stream's ``synthetic_epoch_size`` fresh tasks
+                and ARC-AGI-1's leave-one-out examples every epoch), and validates on all of their test pairs.
             val_source: validation tasks; ``None`` validates on the test pairs of the training tasks.
             predict_source: tasks whose test inputs ``gridlm predict`` solves; ``None``: the validation tasks.
             order: serialization order of the cells of each grid.
@@ -236,6 +238,8 @@ class GridDataModule(L.LightningDataModule):
         if batch_size < 1:
             raise ValueError(f"data.batch_size must be >= 1, got {batch_size}")
         check_row_end(order, row_end)  # at construction, not at the first batch (maybe in a worker)
+        if not isinstance(source, str) and (not source or not all(isinstance(s, str) for s in source)):
+            raise ValueError(f"data.source: a source name or a non-empty list of them, got {source!r}")
         if isinstance(synthetic_epoch_size, bool) or not isinstance(synthetic_epoch_size, int) or synthetic_epoch_size < 1:
             raise ValueError(f"data.synthetic_epoch_size must be an int >= 1 (tasks per epoch), got {synthetic_epoch_size!r}")
         self.difficulty = _difficulty(
@@ -254,7 +258,10 @@ class GridDataModule(L.LightningDataModule):
     def vocab_size(self) -> int:
         return VOCAB_SIZE
 
-    def load(self, source: str) -> list[Task]:
+    def load(self, source: Union[str, Sequence[str]]) -> list[Task]:
+        """The tasks of ``source`` (a list: every source's tasks, in order)."""
+        if not isinstance(source, str):
+            return [t for s in source for t in self.load(s)]
         if source not in self._tasks:
             hp = self.hparams
             tasks = load_tasks(
@@ -305,12 +312,12 @@ class GridDataModule(L.LightningDataModule):
             return self.predict_source or self.val_source or self.source
         return self.val_source or self.source
 
-    def _stream(self) -> StreamDataset:
+    def _stream(self, spec: str) -> StreamDataset:
         """The training stream of a ``synthetic`` source; no pair equals a validation test pair."""
         from gridlm.datamodules import synthetic
 
         hp = self.hparams
-        families = tuple(synthetic.select(synthetic.parse_spec(self.source), self.difficulty.max_side))
+        families = tuple(synthetic.select(synthetic.parse_spec(spec), self.difficulty.max_side))
         stream = synthetic.Stream(families, self.difficulty, self.seed, "train", self.max_seq_len, self.row_end)
         val = self.load(self._source_of("val"))
         exclude = frozenset(synthetic.pair_key(p.input, p.output) for t in val for p in t.test if p.output is not None)
@@ -329,15 +336,13 @@ class GridDataModule(L.LightningDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         if stage in ("fit", None) and "train" not in self.datasets:
-            extra = list(self.load(self.val_source)) if self.hparams.train_on_val_demos and self.val_source else []
-            if synthetic_kind(self.source) == "synthetic":
-                train = self._stream()
-                if extra:
-                    train = MixedDataset([train, self._dataset("train", extra, "train", augment=self.hparams.augment)])
-                self.datasets["train"] = train
-            else:
-                train_tasks = list(self.load(self.source)) + extra
-                self.datasets["train"] = self._dataset("train", train_tasks, "train", augment=self.hparams.augment)
+            sources = [self.source] if isinstance(self.source, str) else list(self.source)
+            streams = [self._stream(s) for s in sources if synthetic_kind(s) == "synthetic"]
+            tasks = [t for s in sources if synthetic_kind(s) != "synthetic" for t in self.load(s)]
+            if self.hparams.train_on_val_demos and self.val_source:
+                tasks += self.load(self.val_source)
+            parts = streams + ([self._dataset("train", tasks, "train", augment=self.hparams.augment)] if tasks else [])
+            self.datasets["train"] = parts[0] if len(parts) == 1 else MixedDataset(parts)
         if stage in ("fit", "validate", None) and "val" not in self.datasets:
             self.datasets["val"] = self._dataset("val", self.load(self._source_of("val")), "test", augment=False)
         if stage in ("test", None) and "test" not in self.datasets:

@@ -202,3 +202,27 @@ def test_bad_family_names_fail_setup_in_one_line(kwargs, fragment):
 def test_bad_synthetic_options_name_themselves(kwargs, fragment):
     with pytest.raises(ValueError, match=fragment):
         GridDataModule(source="synthetic", **kwargs)
+
+
+def test_a_list_of_sources_trains_on_all_of_them():
+    """``[synthetic:flip_h, arc1]``: the stream's fresh tasks and ARC-AGI-1's leave-one-out examples
+    in one epoch; validation on both sources' test pairs."""
+    dm = GridDataModule(source=["synthetic:flip_h", "arc1"], synthetic_epoch_size=12, max_tasks=3, max_seq_len=2048, n_synthetic=4)
+    dm.setup("fit")
+    train, val = dm.datasets["train"], dm.datasets["val"]
+    assert isinstance(train, MixedDataset) and isinstance(train.parts[0], StreamDataset)
+    arc_only = GridDataModule(source="arc1", max_tasks=3, max_seq_len=2048)
+    arc_only.setup("fit")
+    assert len(train) == 12 + len(arc_only.datasets["train"])
+    ids = {train[(i, 1)].meta["task_id"] for i in range(len(train))}
+    assert sum(i.startswith("synthetic-train") and i.endswith("flip_h") for i in ids) == 12
+    assert {i for i in ids if not i.startswith("synthetic")} == {t.task_id for t in arc_only.datasets["train"].tasks}
+    val_ids = {val.tasks[s.task].task_id for s in val.specs}
+    assert any(i.startswith("synthetic-val") for i in val_ids) and any(not i.startswith("synthetic") for i in val_ids)
+    assert len(train.lengths_for(1)) == len(train)
+
+
+@pytest.mark.parametrize("source", [[], ["arc1", 3]], ids=["empty", "not-a-name"])
+def test_a_bad_source_list_is_one_line(source):
+    with pytest.raises(ValueError, match="data.source: a source name or a non-empty list"):
+        GridDataModule(source=source)
