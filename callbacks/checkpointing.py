@@ -38,7 +38,7 @@ from gridlm.modules.checkpoints import read_checkpoint  # noqa: F401  (re-export
 # hyperparameters that decide the shapes or meaning of the weights, in the order they are reported
 MODEL_FIELDS = (
     "vocab_size", "d_model", "n_layers", "n_heads", "mlp_ratio", "encoding", "tie_embeddings", "max_seq_len",
-    "norm", "mlp", "qk_norm",
+    "norm", "mlp", "qk_norm", "input_attention",
 )  # fmt: skip
 
 

@@ -73,7 +73,8 @@ def _flags(d: dict) -> list[str]:
 
 
 def run(config: str, minutes: float, seed: int, quick: bool, out_dir: Path, root: Path, extra: Sequence[str] = (),
-        held_out: Sequence[str] = HELD_OUT, n_fresh: int = 400, every_s: Optional[float] = None) -> dict:  # fmt: skip
+        held_out: Sequence[str] = HELD_OUT, n_fresh: int = 400, every_s: Optional[float] = None,
+        only: Optional[Sequence[str]] = None) -> dict:  # fmt: skip
     """Train, evaluate the four sets, return the results (also written by :func:`write_outputs`)."""
     cfg_path = resolve_config(config)
     cfg = yaml.safe_load(Path(cfg_path).read_text()) or {}
@@ -120,6 +121,8 @@ def run(config: str, minutes: float, seed: int, quick: bool, out_dir: Path, root
     }
     results: dict = {"sets": {}}
     for key, (src, what) in sets.items():
+        if only and key not in only:
+            continue
         t = time.perf_counter()
         rows = evaluate(module, _eval_loader(dm, src, n_fresh, quick))
         s = summarize(rows)
@@ -201,7 +204,7 @@ def results_markdown(r: dict, command: str, png: Optional[str]) -> str:
     ]
     for s in r["sets"].values():
         lines.append(f"| {s['what']} | {100 * s['exact_match']:.1f}% | {s['n_exact']} / {s['n']} | {s['loss']:.3f} |")
-    held = r["sets"]["held_out_families"].get("per_family") or {}
+    held = r["sets"].get("held_out_families", {}).get("per_family") or {}
     if held:
         lines += ["", "Held-out families: " + ", ".join(f"{f} {a}/{b}" for f, (a, b) in held.items()) + "."]
     if png:
@@ -239,12 +242,14 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--out_dir", default=".", help="where learning.json and docs/learning.md go")
     p.add_argument("--root", default="runs", help="the runs folder")
     p.add_argument("--n_fresh", type=int, default=400, help="fresh synthetic tasks per synthetic evaluation set")
+    p.add_argument("--sets", default=None, help="evaluate only these sets (comma-separated keys; default: all four)")
     args, extra = p.parse_known_args(argv)  # the rest are gridlm fit flags, e.g. --model.d_model=192
     minutes = args.minutes if args.minutes is not None else (0.5 if args.quick else 30.0)
     if minutes <= 0:
         p.error(f"--minutes must be > 0, got {minutes}")
     command = "python -m gridlm.experiments.learn " + " ".join(sys.argv[1:] if argv is None else argv)
-    r = run(args.config, minutes, args.seed, args.quick, Path(args.out_dir), Path(args.root), extra, n_fresh=args.n_fresh)
+    r = run(args.config, minutes, args.seed, args.quick, Path(args.out_dir), Path(args.root), extra, n_fresh=args.n_fresh,
+            only=args.sets.split(",") if args.sets else None)
     json_path, md = write_outputs(r, Path(args.out_dir), command)
     print(f"gridlm learn: wrote {json_path} and {md}")
     return 0

@@ -36,7 +36,7 @@ from gridlm.modules.eval_examples import example_rows
 from gridlm.modules.provenance import run_metadata
 from gridlm.modules.ttt import TTTConfig, adapted
 from gridlm.modules.voting import VotingConfig, batch_prompts, vote
-from gridlm.modules.transformer import MLPName, NormName, Transformer, TransformerConfig
+from gridlm.modules.transformer import InputAttention, MLPName, NormName, Transformer, TransformerConfig
 
 OptimizerFactory = Callable[[Iterable], torch.optim.Optimizer]
 SchedulerFactory = Callable[[torch.optim.Optimizer], torch.optim.lr_scheduler.LRScheduler]
@@ -85,6 +85,7 @@ class AutoregressiveGridModel(L.LightningModule):
         norm: NormName = "layernorm",
         mlp: MLPName = "gelu",
         qk_norm: bool = False,
+        input_attention: InputAttention = "causal",
         tie_embeddings: bool = True,
         order: OrderName = "row_major",
         row_end: bool = False,
@@ -118,6 +119,8 @@ class AutoregressiveGridModel(L.LightningModule):
                 fields) rebuild the same model; the recipe's choices live in the configs.
             mlp: ``gelu`` (GPT-2) or ``swiglu`` (Llama; same parameter count).
             qk_norm: RMSNorm of every head's queries and keys (ViT-22B, OLMo 2).
+            input_attention: ``bidirectional``: every token of an input grid attends to its whole grid
+                (outputs stay causal; needs a target policy that never supervises inputs).
             tie_embeddings: share the token embedding and the output head.
             order: serialization order (linked from ``data.order``), used when decoding.
             row_end: ROW_END tokens (linked from ``data.row_end``), used when decoding.
@@ -159,6 +162,7 @@ class AutoregressiveGridModel(L.LightningModule):
             norm=norm,
             mlp=mlp,
             qk_norm=qk_norm,
+            input_attention=input_attention,
             encoding=encoding,
             tie_embeddings=tie_embeddings,
         )
@@ -322,6 +326,14 @@ class AutoregressiveGridModel(L.LightningModule):
         if self.n_generate > 0 and self.voting.n_votes > 1:
             self.log(f"{stage}/pass1", m["pass1"], on_epoch=True, batch_size=B)
             self.log(f"{stage}/pass2", m["pass2"], on_epoch=True, prog_bar=True, batch_size=B)
+
+    def on_fit_start(self) -> None:
+        policy = getattr(self.trainer.datamodule, "target_policy", None) if self._trainer is not None else None
+        if self.cfg.input_attention == "bidirectional" and policy == "all":
+            raise ValueError(
+                "model.input_attention=bidirectional lets input-grid tokens see their whole grid, so they cannot be "
+                "next-token targets: data.target_policy 'all' supervises them; use all_outputs or test_output"
+            )
 
     def on_validation_epoch_start(self) -> None:
         self._start_decoding()

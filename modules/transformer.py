@@ -9,6 +9,14 @@ in Llama), ``mlp`` GELU (GPT-2) or SwiGLU (Shazeer 2020, "GLU Variants Improve T
 width 2/3 of the GELU one so both have the same parameters), and ``qk_norm`` an RMSNorm of every
 head's queries and keys before the rotation (Dehghani et al. 2023, ViT-22B; OLMo 2), which keeps
 attention logits bounded at high learning rates.
+
+``input_attention: bidirectional`` (causal models only) lets every token of an *input* grid attend
+to its whole grid, later cells included, while everything else stays causal: an input grid is read
+the way a vision transformer reads an image (whole-grid context for gravity, counting, cropping,
+symmetry), and no target can leak, because input grids are never next-token targets (the
+``test_output`` and ``all_outputs`` policies). Input grids are the even grid indices of the
+serializer's layout (pair k: input 2k, output 2k+1). Decoding is unchanged: the prompt holds
+every input grid whole, and each generated output token sees every key before it.
 """
 
 from __future__ import annotations
@@ -26,7 +34,9 @@ from gridlm.modules.encodings.registry import parse_encoding_names
 
 NormName = Literal["layernorm", "rmsnorm"]
 MLPName = Literal["gelu", "swiglu"]
+InputAttention = Literal["causal", "bidirectional"]
 NORMS = ("layernorm", "rmsnorm")
+INPUT_ATTENTION = ("causal", "bidirectional")
 MLPS = ("gelu", "swiglu")
 
 
@@ -46,6 +56,7 @@ class TransformerConfig:
     norm: NormName = "layernorm"  # "layernorm" (GPT-2) or "rmsnorm" (Llama)
     mlp: MLPName = "gelu"  # "gelu" (GPT-2) or "swiglu" (Llama; same parameter count)
     qk_norm: bool = False  # RMSNorm of each head's q and k before attention (ViT-22B, OLMo 2)
+    input_attention: InputAttention = "causal"  # "bidirectional": input grids attend to their whole grid
     encoding_names: list = field(init=False, default_factory=list)
 
     def __post_init__(self) -> None:
@@ -62,6 +73,8 @@ class TransformerConfig:
             raise ValueError(f"model.norm must be one of {NORMS}, got {self.norm!r}")
         if self.mlp not in MLPS:
             raise ValueError(f"model.mlp must be one of {MLPS}, got {self.mlp!r}")
+        if self.input_attention not in INPUT_ATTENTION:
+            raise ValueError(f"model.input_attention must be one of {INPUT_ATTENTION}, got {self.input_attention!r}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"model.dropout must be in [0, 1), got {self.dropout}")
         self.encoding_names = parse_encoding_names(self.encoding)
@@ -224,7 +237,8 @@ class Transformer(nn.Module):
             rot = (rot[0].to(x.dtype), signed_sin(rot[1]).to(x.dtype))
         key_pos = positions if cache is None or cache.positions is None else Positions.cat(cache.positions, positions)
         past = 0 if cache is None else cache.length
-        mask = self.attn_mask(self.encodings.bias(positions, key_pos), key_padding_mask, tokens.size(1), past, x)
+        within = self.input_blocks(positions, key_pos) if self.cfg.input_attention == "bidirectional" else None
+        mask = self.attn_mask(self.encodings.bias(positions, key_pos), key_padding_mask, tokens.size(1), past, x, within)
         for i, block in enumerate(self.blocks):
             x = block(x, rot, mask, cache, i)
         if cache is not None:
@@ -232,14 +246,26 @@ class Transformer(nn.Module):
             cache.positions = key_pos
         return self.norm(x)
 
-    def attn_mask(self, bias: Tensor | None, key_padding_mask: Tensor | None, T: int, past: int, x: Tensor) -> Tensor | None:
+    def input_blocks(self, q: Positions, k: Positions) -> Tensor | None:
+        """``(B, 1, Tq, Tk)`` True where query and key are in the same *input* grid (even grid index),
+        the pairs ``input_attention: bidirectional`` opens above the causal diagonal; None when no
+        query is in an input grid (a decoding step of an output token)."""
+        q_in = (q.grid >= 0) & (q.grid % 2 == 0)  # (B, Tq)
+        if not self.cfg.causal or not bool(q_in.any()):
+            return None
+        return (q_in[:, :, None] & (q.grid[:, :, None] == k.grid[:, None, :]))[:, None]  # (B, 1, Tq, Tk)
+
+    def attn_mask(
+        self, bias: Tensor | None, key_padding_mask: Tensor | None, T: int, past: int, x: Tensor, within: Tensor | None = None
+    ) -> Tensor | None:
         """The additive attention mask shared by every layer, built once per forward: the encodings'
         bias ``(B, nh, T, past+T)``, ``-inf`` above the causal diagonal and on padded keys, in the
         dtype attention runs in (the autocast dtype under mixed precision). None when the fused
         ``is_causal`` (or unmasked) path of ``scaled_dot_product_attention`` applies: no bias, no
-        padding mask, and no causal prompt chunk after cached keys."""
+        padding mask, no causal prompt chunk after cached keys, and no input grid to open (``within``:
+        :meth:`input_blocks`, pairs allowed above the diagonal)."""
         causal_chunk = self.cfg.causal and past > 0 and T > 1
-        if bias is None and key_padding_mask is None and not causal_chunk:
+        if bias is None and key_padding_mask is None and not causal_chunk and within is None:
             return None
         dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
         Tk = past + T
@@ -247,6 +273,9 @@ class Transformer(nn.Module):
         mask = torch.zeros(1, 1, T, Tk, dtype=dtype, device=x.device) if bias is None else bias.to(dtype)
         if self.cfg.causal and T > 1:
             above = torch.ones(T, Tk, dtype=torch.bool, device=x.device).triu(diagonal=past + 1)  # (T, Tk)
+            if within is not None:
+                above = above & ~within  # (B, 1, T, Tk): an input grid's tokens see their whole grid
+                mask = mask.expand(above.shape[0], -1, -1, -1).clone() if mask.shape[0] < above.shape[0] else mask
             mask.masked_fill_(above, float("-inf"))
         if key_padding_mask is not None:
             pad = ~key_padding_mask[:, None, None, :]  # (B, 1, 1, Tk)

@@ -96,3 +96,59 @@ def test_block_parts_by_name():
     assert abs(mlp_params(tiny(mlp="swiglu")) / mlp_params(gpt2) - 1) < 0.07  # hidden 40 vs 64 * 2/3 = 42.7
     x = torch.randint(0, 20, (1, 9))
     assert not torch.allclose(gpt2(x, positions(1, 9)), tiny(norm="rmsnorm")(x, positions(1, 9)))
+
+
+def _serialized(seed: int = 0):
+    import numpy as np
+
+    from gridlm.datamodules.batching import collate
+    from gridlm.datamodules.serialize import serialize_example
+    from gridlm.datamodules.tasks import Pair
+
+    rng = np.random.default_rng(seed)
+    g = lambda h, w: rng.integers(0, 10, (h, w))  # noqa: E731
+    b = collate([serialize_example([Pair(g(3, 4), g(2, 2))], Pair(g(3, 3), g(2, 3)))])
+    return b["tokens"], Positions.from_batch(b), b["grid"][0]
+
+
+def test_bidirectional_input_grids_see_their_whole_grid_and_nothing_leaks():
+    """``input_attention: bidirectional``: a cell of an input grid changes the outputs at every
+    earlier token of that grid, never before the grid; outputs stay causal."""
+    m = tiny(vocab_size=76, max_seq_len=128, encoding=["rope_1d", "edges_2d"], input_attention="bidirectional")
+    x, p, grid = _serialized()
+    full = m(x, p)
+
+    def changed_before(t: int) -> list[int]:
+        y = x.clone()
+        y[0, t] = (y[0, t] + 1) % 10
+        return [int(i) for i in torch.nonzero((m(y, p) - full).abs().amax(-1)[0, :t] > 1e-6)]
+
+    start0, start2 = int((grid == 0).nonzero()[0]), int((grid == 2).nonzero()[0])
+    last_cell_0 = int((grid == 0).nonzero()[-2])  # the cell before GRID_END
+    assert changed_before(last_cell_0) == list(range(start0, last_cell_0))  # its whole input grid
+    assert changed_before(int((grid == 2).nonzero()[-2])) == list(range(start2, int((grid == 2).nonzero()[-2])))
+    out_cell = int((grid == 3).nonzero()[-2])
+    assert changed_before(out_cell) == []  # an output cell is seen by nothing before it
+    causal = tiny(vocab_size=76, max_seq_len=128, encoding=["rope_1d", "edges_2d"])
+    causal.load_state_dict(m.state_dict())
+    assert not torch.allclose(causal(x, p), full)
+
+
+def test_bidirectional_inputs_decode_with_the_kv_cache():
+    """A prompt holds whole input grids, so cached decoding of the query output equals the full forward."""
+    m = tiny(vocab_size=76, max_seq_len=128, encoding=["rope_1d", "edges_2d"], input_attention="bidirectional")
+    x, p, grid = _serialized(1)
+    n = int((grid == 3).nonzero()[0]) + 1  # through the query's OUTPUT marker
+    cache = m.new_cache(1, x.shape[1])
+    steps = [m(x[:, :n], p.slice(0, n), cache)] + [m(x[:, t : t + 1], p.slice(t, t + 1), cache) for t in range(n, x.shape[1])]
+    torch.testing.assert_close(torch.cat(steps, 1), m(x, p), atol=1e-5, rtol=1e-4)
+
+
+def test_bidirectional_inputs_refuse_a_policy_that_supervises_inputs(tmp_path, capsys):
+    from gridlm.experiments.cli import main
+
+    from test_cli import tiny_flags
+
+    code = main(["fit", *tiny_flags(tmp_path), "--model.input_attention", "bidirectional", "--data.target_policy", "all"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and "model.input_attention=bidirectional" in err[-1] and "data.target_policy 'all'" in err[-1]
