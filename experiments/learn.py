@@ -159,8 +159,9 @@ def _eval_loader(dm, source: str, n_fresh: int, quick: bool):
     ``n_fresh`` fresh tasks from the validation seed space)."""
     from gridlm.datamodules.datamodule import GridDataModule
 
-    hp = dict(dm.hparams)
-    knobs = {k: v for k, v in hp.items() if k.startswith("synthetic_")}
+    # the synthetic knobs (grid sizes, objects, demonstrations) are the DataModule's defaults, not
+    # the recipe's: a recipe that trains on small grids is still measured on the benchmark's tasks
+    knobs = {"synthetic_max_side": 5} if quick else {}
     ev = GridDataModule(
         source=source, val_source=source, order=dm.order, max_seq_len=dm.max_seq_len, batch_size=max(dm.batch_size, 8),
         seed=dm.seed, row_end=dm.row_end, target_policy=dm.target_policy, n_synthetic=n_fresh,

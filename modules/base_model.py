@@ -4,8 +4,8 @@ Training minimises cross-entropy on the supervised positions (``target_mask``, s
 ``gridlm.datamodules.tokens``). Validation logs ``val/loss`` (nats per supervised token of the held-out
 query outputs; the demonstrations in the context are often training pairs), ``val/cell_acc``
 (teacher-forced accuracy on the query-output cells) and ``val/exact_match`` (free-running greedy
-decoding of the query output, constrained to the grid grammar, for the first ``n_generate``
-validation examples in loader order), and keeps one row per example (``eval_examples``:
+decoding of the query output, constrained to the grid grammar, over every validation example
+unless ``n_generate`` caps it; ``val/n_exact`` / ``val/n_decoded`` are the counts), and keeps one row per example (``eval_examples``:
 task, test index, loss, exact match or None if not decoded; ``gridlm.modules.eval_examples``).
 With ``n_votes > 1`` those examples are also solved under augmentation voting
 (``gridlm.modules.voting``) and ``val/pass1``/``val/pass2`` are logged; ``predict`` then writes
@@ -23,7 +23,7 @@ import schedulefree
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchmetrics import MeanMetric
+from torchmetrics import MeanMetric, SumMetric
 
 from gridlm.datamodules.augment import Augmentation
 from gridlm.datamodules.batching import split_batch
@@ -89,7 +89,7 @@ class AutoregressiveGridModel(L.LightningModule):
         tie_embeddings: bool = True,
         order: OrderName = "row_major",
         row_end: bool = False,
-        n_generate: int = 16,
+        n_generate: Optional[int] = None,
         n_votes: int = 1,
         vote_colours: bool = True,
         vote_keep_zero: bool = True,
@@ -124,9 +124,11 @@ class AutoregressiveGridModel(L.LightningModule):
             tie_embeddings: share the token embedding and the output head.
             order: serialization order (linked from ``data.order``), used when decoding.
             row_end: ROW_END tokens (linked from ``data.row_end``), used when decoding.
-            n_generate: validation examples decoded per validation for ``val/exact_match``: the
-                first ones in loader order, in total over devices (each of W devices decodes its
-                first ``n_generate / W``; 0: none).
+            n_generate: validation examples decoded per validation for ``val/exact_match``;
+                None (default): every one, so ``val/exact_match`` is over the whole validation set.
+                A number caps decoding at the first ones in loader order (the shortest), in total
+                over devices (each of W devices decodes its first ``n_generate / W``; 0: none).
+                ``val/n_exact`` and ``val/n_decoded`` log the counts behind the fraction.
             n_votes: augmentations each decoded test input is solved under (``gridlm.modules.voting``);
                 1 = plain greedy decoding. Above 1, validation also logs ``val/pass1`` and
                 ``val/pass2`` and ``predict`` writes the top two voted grids as the two attempts.
@@ -166,8 +168,8 @@ class AutoregressiveGridModel(L.LightningModule):
             encoding=encoding,
             tie_embeddings=tie_embeddings,
         )
-        if n_generate < 0:
-            raise ValueError(f"model.n_generate must be >= 0, got {n_generate}")
+        if n_generate is not None and (isinstance(n_generate, bool) or n_generate < 0):
+            raise ValueError(f"model.n_generate must be >= 0 or null (decode every validation example), got {n_generate!r}")
         if micro_batch_size is not None and micro_batch_size < 1:
             raise ValueError(f"model.micro_batch_size must be >= 1 or null, got {micro_batch_size}")
         if max_consecutive_nonfinite < 1:
@@ -176,7 +178,7 @@ class AutoregressiveGridModel(L.LightningModule):
         self.grad_clip, self.micro_batch_size = grad_clip, micro_batch_size
         self.skip_nonfinite, self.max_consecutive_nonfinite = skip_nonfinite, max_consecutive_nonfinite
         self.skipped_steps = self.consecutive_nonfinite = self.oom_events = 0
-        self._n_decoded, self._decode_budget = 0, n_generate  # examples decoded / to decode in the current validation
+        self._n_decoded, self._decode_budget = 0, _budget(n_generate)  # examples decoded / to decode in the current validation
         self.model = Transformer(self.cfg)
         self.optimizer_factory = optimizer or default_optimizer
         self.lr_scheduler_factory = lr_scheduler
@@ -186,7 +188,10 @@ class AutoregressiveGridModel(L.LightningModule):
         self.train_loss = MeanMetric()
         self.stage_metrics = nn.ModuleDict(
             {
-                stage: nn.ModuleDict({k: MeanMetric() for k in ("loss", "cell_acc", "exact_match", "pass1", "pass2")})
+                stage: nn.ModuleDict(
+                    {k: MeanMetric() for k in ("loss", "cell_acc", "exact_match", "pass1", "pass2")}
+                    | {k: SumMetric() for k in ("n_exact", "n_decoded")}
+                )
                 for stage in ("val", "test")
             }
         )
@@ -321,9 +326,13 @@ class AutoregressiveGridModel(L.LightningModule):
             hits = [float(d.grid is not None and _same(d.grid, batch["meta"][i]["target"])) for i, d in zip(chosen, decoded)]
             m["exact_match"].update(torch.tensor(hits, device=self.device))
         self.eval_examples += example_rows(batch, losses, dict(zip(chosen, hits)))  # written by ValExamples
-        if self.n_generate > 0:
+        if self._decode_budget > 0:
+            m["n_exact"].update(sum(hits))
+            m["n_decoded"].update(len(hits))
             self.log(f"{stage}/exact_match", m["exact_match"], on_epoch=True, prog_bar=True, batch_size=B)
-        if self.n_generate > 0 and self.voting.n_votes > 1:
+            self.log(f"{stage}/n_exact", m["n_exact"], on_epoch=True, batch_size=B)
+            self.log(f"{stage}/n_decoded", m["n_decoded"], on_epoch=True, batch_size=B)
+        if self._decode_budget > 0 and self.voting.n_votes > 1:
             self.log(f"{stage}/pass1", m["pass1"], on_epoch=True, batch_size=B)
             self.log(f"{stage}/pass2", m["pass2"], on_epoch=True, prog_bar=True, batch_size=B)
 
@@ -345,7 +354,8 @@ class AutoregressiveGridModel(L.LightningModule):
         """This device's share of ``n_generate`` (devices see interleaved batches of the same
         length-sorted order, so together they decode about the examples one device would)."""
         world, rank = (self.trainer.world_size, self.trainer.global_rank) if self._trainer is not None else (1, 0)
-        self._decode_budget = self.n_generate // world + (rank < self.n_generate % world)
+        n = _budget(self.n_generate)
+        self._decode_budget = n if n == _ALL else n // world + (rank < n % world)
         self._n_decoded = 0  # examples decoded for exact match in this validation (this device)
         self.eval_examples = []
 
@@ -430,6 +440,13 @@ class AutoregressiveGridModel(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["gridlm"] = run_metadata(getattr(self, "resolved_config", None))
+
+
+_ALL = 2**62  # n_generate None: no cap on the examples decoded
+
+
+def _budget(n_generate: Optional[int]) -> int:
+    return _ALL if n_generate is None else n_generate
 
 
 def _same(a, b) -> bool:

@@ -70,3 +70,25 @@ def test_n_generate_is_a_total_shared_by_the_devices(val_batches, monkeypatch):
                 model.validation_step(batch, i)
         counts.append(len(decoded))
     assert counts == [3, 2, 2]
+
+
+def test_by_default_every_validation_example_is_decoded_and_counted(val_batches):
+    """n_generate None (the default): val/exact_match is over the whole validation set, and
+    val/n_exact / val/n_decoded are its counts, checked against per-example hits recomputed here."""
+    model = AutoregressiveGridModel(max_seq_len=256, d_model=16, n_layers=1, n_heads=2).eval()
+    assert model.n_generate is None
+    model.on_validation_epoch_start()
+    with torch.no_grad():
+        for i, batch in enumerate(val_batches):
+            model.validation_step(batch, i)
+    m = model.stage_metrics["val"]
+    n = sum(len(b["meta"]) for b in val_batches)
+    hits = [r["exact_match"] for r in model.eval_examples]
+    assert int(m["n_decoded"].compute()) == n == len(hits) and None not in hits
+    assert int(m["n_exact"].compute()) == int(sum(hits))
+    assert float(m["exact_match"].compute()) == pytest.approx(sum(hits) / n)
+
+
+def test_n_generate_must_be_a_count_or_null():
+    with pytest.raises(ValueError, match="model.n_generate must be >= 0 or null"):
+        AutoregressiveGridModel(max_seq_len=256, d_model=16, n_layers=1, n_heads=2, n_generate=-1)
