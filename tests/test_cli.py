@@ -33,6 +33,7 @@ def tiny_flags(tmp_path: Path, source: str = "synthetic", steps: int = 4, **extr
         "--model.n_heads": "2",
         "--model.n_generate": "2",
         "--data.source": source,
+        "--data.val_source": "null",
         "--data.max_seq_len": "512",
         "--data.batch_size": "4",
         "--data.max_val_examples": "8",
