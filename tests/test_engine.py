@@ -198,6 +198,8 @@ def test_input_errors_name_the_defect():
         generate(m, b["tokens"], positions_of(b), [5], "row_major", config=EAGER)
     with pytest.raises(ValueError, match="prompt lengths must be 1.."):
         generate(m, b["tokens"], positions_of(b), [0, 5], "row_major", config=EAGER)
+    with pytest.raises(ValueError, match="longer than max_len 20"):
+        generate(m, b["tokens"], positions_of(b), b["lengths"], "row_major", max_len=20, config=EAGER)
     with pytest.raises(ValueError, match="decode compile must be one of"):
         EngineConfig(compile="sometimes")
     with pytest.raises(ValueError, match="max_rows"):
@@ -267,8 +269,8 @@ def test_a_failing_compiler_falls_back_to_the_eager_step_with_one_warning(monkey
 @pytest.mark.slow  # one real inductor compilation of a 1-layer model: tens of seconds on 2 cores
 def test_compiled_step_equals_the_reference_on_a_ragged_batch():
     """The real torch.compile path (inductor, dynamic shapes): a ragged batch with row ends,
-    2D RoPE, ALiBi-2D and edges_2d, a prompt near the limit, compaction, then a second batch of
-    another size and length reusing the compiled step, all equal to the reference."""
+    2D RoPE, ALiBi-2D and edges_2d, compaction; a second batch of another size and length near the
+    sequence limit; then weights changed in place: all equal to the reference."""
     torch.manual_seed(0)
     m = Transformer(TransformerConfig(max_seq_len=256, d_model=16, n_layers=1, n_heads=2, encoding=["rope_2d", "alibi_2d", "edges_2d"])).eval()
     seqs = ragged_prompts("snake", True, n=3, seed=7)
@@ -282,3 +284,10 @@ def test_compiled_step_equals_the_reference_on_a_ragged_batch():
         limit = max(len(s) for s in more) + 12
         assert_same(eng.generate(m, *_batch(more), "snake", True, max_side=5, max_len=limit),
                     reference(m, more, "snake", True, max_side=5, max_len=limit))
+        # weights changed in place (as test-time training and its restore do) are what the compiled step reads
+        with torch.no_grad():
+            for p in m.parameters():
+                p.add_(0.05 * torch.randn_like(p))
+        changed = eng.generate(m, *_batch(seqs), "snake", True, max_side=5)
+        assert_same(changed, reference(m, seqs, "snake", True, max_side=5))
+        assert [d.tokens for d in changed] != [d.tokens for d in got]

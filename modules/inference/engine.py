@@ -147,6 +147,8 @@ class DecodeEngine:
         if any(n < 1 or n > tokens.shape[1] for n in lengths):
             raise ValueError(f"decode: prompt lengths must be 1..{tokens.shape[1]} (the batch width), got {lengths}")
         max_len = max_len or model.cfg.max_seq_len
+        if max(lengths, default=0) > max_len:
+            raise ValueError(f"decode: a prompt of {max(lengths)} tokens is longer than max_len {max_len}; drop it or raise the limit")
         results: list[Decoded | None] = [None] * B
         for chunk in _chunks(lengths, max_len, max_side, row_end, self.config):
             idx = torch.tensor(chunk, device=tokens.device)
@@ -182,9 +184,7 @@ class DecodeEngine:
         cache = model.new_static_cache(B, L)
         logits = model(tokens, positions, cache)[ar, last]  # (B, V) the prefill, right-padded
         s = choose(logits, initial_state(rows, n_out), rows, plan, row_end, max_side, max_len)  # token 0: HEIGHT
-        if device.type == "cuda" and self.config.compile != "never":  # CUDA graphs: buffers at fixed addresses
-            for buf in (*cache.k, *cache.v, s.out):
-                torch._dynamo.mark_static_address(buf)
+        _pin(cache, s, self.config)
         room = max_len - torch.tensor(lengths)  # host copies: the loop never waits for the device
         prompt = torch.tensor(lengths)
         stop: Tensor | None = None  # per row: tokens it emits in all, known once the shape is chosen
