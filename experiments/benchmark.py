@@ -429,7 +429,7 @@ def bench_kv_cache(cfg: BenchConfig) -> dict:
     }
 
 
-# ---------------------------------------------------------------- 7. decode engine
+# ---------------------------------------------------------------- 8. decode engine
 
 
 def _decode_rate(fn: Callable[[], list]) -> tuple[float, list]:
@@ -541,7 +541,7 @@ def bench_ragged(cfg: BenchConfig, model, compiled) -> dict:
     }
 
 
-# ---------------------------------------------------------------- 8. compiled training step
+# ---------------------------------------------------------------- 9. compiled training step
 
 
 def bench_compile_train(cfg: BenchConfig) -> dict:
@@ -840,6 +840,22 @@ def write_outputs(results: dict, out_dir: Path, command: str) -> tuple[Path, Pat
     return json_path, md_path
 
 
+def merge_results(previous: Path, results: dict, sections: list[str], command: str) -> dict:
+    """The figures of ``previous`` (a benchmarks.json) updated with ``results`` of ``sections``.
+    Ratios stay same-run (each comes from one section); ``merged_runs`` lists the run of every
+    section merged in, with its machine and load average, which the report prints."""
+    if not previous.exists():
+        raise ValueError(f"--merge: {previous} does not exist; run the whole benchmark once without --merge")
+    old = json.loads(previous.read_text())
+    merged = {**old, **{k: v for k, v in results.items() if k not in ("config", "machine", "seconds")}}
+    merged["seconds"] = {**old.get("seconds", {}), **{k: v for k, v in results["seconds"].items() if k != "total"}}
+    merged["config"] = {**old.get("config", {}), **results["config"]}
+    runs = [r for r in old.get("merged_runs", []) if not set(r["sections"]) <= set(sections)]
+    merged["merged_runs"] = runs + [{"sections": list(sections), "command": command, "machine": results["machine"],
+                                     "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}]
+    return merged
+
+
 def _fmt(v) -> str:
     return f"{v:.3g}" if isinstance(v, float) else str(v)
 
@@ -859,6 +875,10 @@ def render_markdown(r: dict, command: str) -> str:
         f"Python {m['python']}, GPU: {m['cuda'] or 'none'}",
         f"- load average (1, 5, 15 min) at start {tuple(round(x, 2) for x in m['load_average'] or ())}, "
         f"at end {tuple(round(x, 2) for x in m.get('load_average_end') or ())}",
+        *[f"- sections {', '.join(mr['sections'])} merged in from `{mr['command']}` ({mr['date']}), load average at start "
+          f"{tuple(round(x, 2) for x in mr['machine']['load_average'] or ())}, at end "
+          f"{tuple(round(x, 2) for x in mr['machine'].get('load_average_end') or ())}; the lines above are the rest's run"
+          for mr in r.get("merged_runs", [])],
         f"- sizes: {json.dumps({k: r['config'][k] for k in ('d_model', 'n_layers', 'n_heads', 'batch_size', 'max_seq_len', 'seq_len', 'repeats')})}",
         "",
         "| figure | value | range over repeats | target | status |",
@@ -873,7 +893,7 @@ def render_markdown(r: dict, command: str) -> str:
         lines.append(f"| `pad_fraction_naive`: same, random batches | {_fmt(r['pad_fraction_naive'])} | | (reference) | |")
     lines += ["", "## Details", ""]
     detail_keys = [k for k in r if k not in TARGETS and k.removesuffix("_range") not in TARGETS
-                   and k not in ("config", "machine", "seconds", "encoding_step_time_vs_none", "pad_fraction_naive")]
+                   and k not in ("config", "machine", "seconds", "encoding_step_time_vs_none", "pad_fraction_naive", "merged_runs")]
     lines += [f"- `{k}`: {_fmt(r[k]) if not isinstance(r[k], (dict, list)) else json.dumps(r[k])}" for k in detail_keys]
     lines += [f"- seconds per section: {json.dumps({k: round(v) for k, v in r['seconds'].items()})}"]
     if "encoding_step_time_vs_none" in r:
@@ -900,12 +920,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="small sizes, few repeats (< 2 minutes)")
     parser.add_argument("--out_dir", default=".", help="where benchmarks.json and docs/benchmarks.md go")
     parser.add_argument("--only", nargs="*", choices=[n for n, _ in SECTIONS], help="run only these sections")
+    parser.add_argument("--merge", action="store_true", help="with --only: keep the other sections' figures of the existing "
+                        "benchmarks.json in --out_dir (each run's machine and load are listed)")
     args = parser.parse_args(argv)
+    if args.merge and not args.only:
+        parser.error("--merge needs --only SECTION ...: it keeps the figures of the sections not run")
     cfg = BenchConfig.make(args.quick)
     start = time.perf_counter()
     results = run(cfg, args.only)
     results["seconds"]["total"] = time.perf_counter() - start
     command = "python -m gridlm.experiments.benchmark " + " ".join(sys.argv[1:] if argv is None else argv)
+    if args.merge:
+        results = merge_results(Path(args.out_dir) / "benchmarks.json", results, args.only, command.strip())
     paths = write_outputs(results, Path(args.out_dir), command.strip())
     for key in TARGETS:
         if key in results:

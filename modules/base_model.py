@@ -16,6 +16,7 @@ the top two voted grids, optionally after per-task test-time training (``ttt_ste
 from __future__ import annotations
 
 import contextlib
+import warnings
 from typing import Callable, Iterable, Optional, Sequence, Union
 
 import lightning as L
@@ -198,6 +199,7 @@ class AutoregressiveGridModel(L.LightningModule):
         self.engine = DecodeEngine(EngineConfig(compile=decode_compile))
         self.compile_training = compile
         self._compiled_forward = None  # torch.compile(self.model.forward), made at the first training step
+        self._compile_checked = False  # the compiled forward ran once (compiled) without failing
         self.train_loss = MeanMetric()
         self.stage_metrics = nn.ModuleDict(
             {
@@ -229,7 +231,19 @@ class AutoregressiveGridModel(L.LightningModule):
             return self.model(tokens, positions)
         if self._compiled_forward is None:
             self._compiled_forward = torch.compile(self.model.forward, dynamic=True)
-        return self._compiled_forward(tokens, positions)
+        if self._compile_checked:
+            return self._compiled_forward(tokens, positions)
+        try:  # the first call compiles: a compiler that fails there leaves training eager, with one notice
+            logits = self._compiled_forward(tokens, positions)
+        except (torch.OutOfMemoryError, ValueError, TypeError):
+            raise  # the batch's defect or size, not the compiler's (micro-batching halves on OOM)
+        except Exception as err:  # noqa: BLE001 -- whatever the compiler raised
+            first = (str(err).strip().splitlines() or [""])[0][:200]
+            warnings.warn(f"model.compile: torch.compile failed ({type(err).__name__}: {first}); training eagerly", RuntimeWarning, stacklevel=2)
+            self.compile_training = False
+            return self.model(tokens, positions)
+        self._compile_checked = True
+        return logits
 
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
         """One optimizer step over ``batch`` (the effective batch), accumulated over micro-batches

@@ -89,6 +89,25 @@ def test_report_names_every_miss_with_its_note_and_the_per_repeat_range():
     assert "Every target was met in this run." in met and "###" not in met
 
 
+def test_merge_keeps_the_sections_not_run_and_names_the_merged_run(tmp_path):
+    machine = {"cpu": "x86_64", "cores": 2, "torch": "t", "torch_threads": 2, "python": "3", "cuda": None, "load_average": [0.5, 0, 0]}
+    config = {k: 1 for k in ("d_model", "n_layers", "n_heads", "batch_size", "max_seq_len", "seq_len", "repeats")}
+    old = {"config": {**config, "quick": False}, "machine": machine, "seconds": {"padding": 1.0, "kv_cache": 2.0},
+           "pad_fraction_bucketed": 0.02, "kv_cache_speedup": 11.0, "decode_tokens_per_s_cache": 391.0}
+    (tmp_path / "benchmarks.json").write_text(json.dumps(old))
+    new = {"config": {**config, "quick": False}, "machine": {**machine, "load_average": [9.5, 0, 0], "load_average_end": [9.0, 0, 0]},
+           "seconds": {"decode_engine": 5.0, "total": 5.0}, "decode_tokens_per_s_cache": 4000.0}
+    merged = benchmark.merge_results(tmp_path / "benchmarks.json", new, ["decode_engine"], "bench --only decode_engine --merge")
+    assert merged["decode_tokens_per_s_cache"] == 4000.0 and merged["kv_cache_speedup"] == 11.0
+    assert merged["seconds"] == {"padding": 1.0, "kv_cache": 2.0, "decode_engine": 5.0} and merged["machine"] == machine
+    report = benchmark.render_markdown(merged, "bench")
+    assert "sections decode_engine merged in from `bench --only decode_engine --merge`" in report and "(9.5, 0, 0)" in report
+    again = benchmark.merge_results(tmp_path / "benchmarks.json", new, ["decode_engine"], "again")
+    assert [r["command"] for r in again["merged_runs"]] == ["again"]  # a re-run replaces its own entry
+    with pytest.raises(ValueError, match="does not exist"):
+        benchmark.merge_results(tmp_path / "missing.json", new, ["decode_engine"], "x")
+
+
 def test_quick_config_is_smaller():
     quick, full = benchmark.BenchConfig.make(True), benchmark.BenchConfig.make(False)
     assert quick.quick and not full.quick

@@ -1,14 +1,39 @@
 """``--model.compile true``: the compiled training forward gives the eager losses and gradients,
 serves batches of different lengths from one dynamic-shape graph, and leaves validation and
-decoding uncompiled."""
+decoding uncompiled; a compiler that fails leaves training eager after one warning."""
 
 from __future__ import annotations
+
+import warnings
 
 import pytest
 import torch
 
 from gridlm.datamodules.datamodule import GridDataModule
 from gridlm.modules.base_model import AutoregressiveGridModel
+
+
+def test_a_failing_compiler_leaves_training_eager_with_one_warning(monkeypatch):
+    def broken(fn, **kwargs):
+        def run(*args):
+            raise RuntimeError("inductor: no C++ compiler\nmore")
+
+        return run
+
+    monkeypatch.setattr(torch, "compile", broken)
+    dm = GridDataModule(source="synthetic", n_synthetic=4, synthetic_max_side=3, max_seq_len=256, batch_size=2, max_val_examples=2)
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    torch.manual_seed(0)
+    module = AutoregressiveGridModel(max_seq_len=256, d_model=16, n_layers=1, n_heads=2, compile=True).train()
+    with pytest.warns(RuntimeWarning, match=r"model.compile: torch.compile failed \(RuntimeError: inductor: no C\+\+ compiler\); training eagerly"):
+        losses, _, _ = module.token_losses(batch)
+    assert not module.compile_training
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # eager from now on: no second warning
+        torch.testing.assert_close(losses, module.token_losses(batch)[0])
+    with torch.no_grad():
+        torch.testing.assert_close(losses, module.eval().token_losses(batch)[0])
 
 
 @pytest.mark.slow  # one inductor compilation of forward + backward: tens of seconds on 2 cores

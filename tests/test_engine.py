@@ -95,6 +95,23 @@ def test_ragged_batch_equals_the_reference_for_every_order(order, row_end):
     assert_same(engine(m, seqs, order, row_end, max_side=5), reference(m, seqs, order, row_end, max_side=5))
 
 
+@pytest.mark.parametrize("encoding", [["rope_3d", "edges_2d"], ["rope_2d", "alibi_2d"]], ids=["rope_3d+edges_2d", "rope_2d+alibi_2d"])
+def test_every_model_option_decodes_as_the_reference(encoding):
+    """Bidirectional input grids (the right-padded prefill opens each row's input grids, never
+    its padding), RMSNorm, SwiGLU and q/k norm: the engine gives the reference's tokens, and each
+    grid's log-probability equals one forward over the serialized example with that grid."""
+    torch.manual_seed(3)
+    cfg = TransformerConfig(max_seq_len=512, d_model=16, n_layers=2, n_heads=2, encoding=encoding,
+                            input_attention="bidirectional", norm="rmsnorm", mlp="swiglu", qk_norm=True)
+    m = Transformer(cfg).eval()
+    seqs = ragged_prompts("snake", False, seed=3)
+    got = engine(m, seqs, "snake", max_side=5)
+    assert_same(got, reference(m, seqs, "snake", max_side=5))
+    for seq, d in zip(seqs, got):
+        ctx, query = prompt_pairs(seq.tokens, "snake")
+        assert d.logprob == pytest.approx(teacher_forced_logprob(m, serialize_example(ctx, Pair(query, d.grid), order="snake")), abs=1e-4)
+
+
 def teacher_forced_logprob(m: Transformer, seq) -> float:
     """Summed log-probability of the query output's tokens, from one forward over the example."""
     b = collate([seq])
