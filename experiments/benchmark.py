@@ -8,6 +8,9 @@
 5. decoding tokens/s with vs without the KV cache on 30x30 outputs (identical tokens checked);
 6. the batch-size probe's choice vs exhaustive search, both on measured peak memory;
 7. the synthetic stream: preparing a batch of fresh tasks vs one training step, and its padding;
+8. the compiled decode engine vs the eager decoder at batch 1 on 30x30 outputs, and 16 prompts of
+   different lengths decoded batched vs one at a time (identical tokens checked);
+9. the compiled training step (``--model.compile true``) vs the eager one;
 plus the step time of every positional encoding relative to ``none`` at the quickstart size.
 
 Timed pairs are interleaved (A, B, A, B, ...) and summarised by the median of per-repeat ratios,
@@ -49,6 +52,9 @@ TARGETS = {  # key: (comparison, target, what it means)
     "batch_probe_ratio": (">=", 0.9, "probe's micro-batch / exhaustive-search maximum"),
     "synthetic_prepare_vs_step": ("<=", 0.1, "synthetic stream: preparing a batch of fresh tasks / a training step"),
     "pad_fraction_synthetic": ("<=", 0.05, "padded share of tokens, synthetic stream, bucketed by planned lengths"),
+    "decode_tokens_per_s_cache": (">=", 5000.0, "compiled decode engine tokens/s, batch 1, 30x30 outputs"),
+    "decode_engine_vs_eager": (">=", 5.0, "compiled engine tokens/s / eager decoder (KV cache) tokens/s, batch 1"),
+    "decode_ragged_batch_speedup": (">=", 6.0, "16 prompts of different lengths: batched / one at a time"),
 }
 
 
@@ -68,6 +74,10 @@ class BenchConfig:
     probe_rows: int = 24  # exhaustive search range of the batch-size probe
     decode_side: int = 30  # side of the decoded output grids (issue: 30x30)
     prompt_side: int = 10  # side of the demonstration and query grids of the decoding prompt (~330 tokens)
+    ragged_prompts: int = 16  # ARC-AGI-1 evaluation prompts of different lengths decoded together (7)
+    ragged_side: int = 10  # side of their (forced) output grids
+    compile_batches: int = 6  # bucketed training batches cycled by the compiled-training comparison (8)
+    compile: bool = True  # False: the compiled sides of (7) and (8) run eagerly (checks the pipeline without compiling)
     source: str = "arc1"  # training tasks of (1), (4), (6)
 
     @classmethod
@@ -76,7 +86,7 @@ class BenchConfig:
             return cls()
         return cls(
             quick=True, repeats=2, fit_steps=3, warmup=1, d_model=64, n_layers=2, max_seq_len=512, seq_len=128,
-            probe_rows=6, decode_side=10, prompt_side=3,
+            probe_rows=6, decode_side=10, prompt_side=3, ragged_prompts=6, ragged_side=4, compile_batches=2, compile=False,
         )
 
 
@@ -412,10 +422,159 @@ def bench_kv_cache(cfg: BenchConfig) -> dict:
         "kv_cache_speedup": median_ratio(runs["cache"], runs["no_cache"]),
         "kv_cache_speedup_range": ratio_range(runs["cache"], runs["no_cache"]),
         "kv_cache_identical_tokens": bool(identical),
-        "decode_tokens_per_s_cache": statistics.median(runs["cache"]),
+        "kv_cache_tokens_per_s": statistics.median(runs["cache"]),
         "decode_tokens_per_s_no_cache": statistics.median(runs["no_cache"]),
         "decode_grid_shape": list(grid.shape) if grid is not None else None,
         "decode_prompt_tokens": int(batch["tokens"].shape[1]),
+    }
+
+
+# ---------------------------------------------------------------- 8. decode engine
+
+
+def _decode_rate(fn: Callable[[], list]) -> tuple[float, list]:
+    """Emitted tokens per second of one decode call, and its results."""
+    t = time.perf_counter()
+    out = fn()
+    return sum(d.n_tokens for d in out) / (time.perf_counter() - t), out
+
+
+def bench_decode_engine(cfg: BenchConfig) -> dict:
+    """Batch 1: the compiled engine (steady state; its first call, which compiles, timed apart)
+    vs the eager decoder with its KV cache, on the forced side x side output of section 5."""
+    from gridlm.modules.base_model import positions_of
+    from gridlm.modules.decoding import generate_grids
+    from gridlm.modules.inference import DecodeEngine, EngineConfig
+
+    model, batch = forced_shape_model(cfg, cfg.decode_side), decoding_prompt(cfg.prompt_side)
+    args = (batch["tokens"], positions_of(batch))
+    compiled = DecodeEngine(EngineConfig(compile="always" if cfg.compile else "never"))
+    eager_engine = DecodeEngine(EngineConfig(compile="never"))
+    t = time.perf_counter()
+    first = compiled.generate(model, *args, batch["lengths"], "row_major")
+    first_s = time.perf_counter() - t
+    outs: dict[str, list] = {}
+
+    def timed(name: str, fn: Callable[[], list]) -> Callable[[], float]:
+        def run() -> float:
+            rate, outs[name] = _decode_rate(fn)
+            return rate
+
+        return run
+
+    runs = interleaved(
+        {
+            "engine": timed("engine", lambda: compiled.generate(model, *args, batch["lengths"], "row_major")),
+            "eager": timed("eager", lambda: generate_grids(model, *args, "row_major", use_cache=True)),
+            "engine_eager": timed("engine_eager", lambda: eager_engine.generate(model, *args, batch["lengths"], "row_major")),
+        },
+        max(1, cfg.repeats // 2),
+    )
+    steady_s = first[0].n_tokens / statistics.median(runs["engine"])
+    return {
+        "decode_tokens_per_s_cache": statistics.median(runs["engine"]),
+        "decode_engine_vs_eager": median_ratio(runs["engine"], runs["eager"]),
+        "decode_engine_vs_eager_range": ratio_range(runs["engine"], runs["eager"]),
+        "decode_tokens_per_s_eager": statistics.median(runs["eager"]),
+        "decode_tokens_per_s_engine_uncompiled": statistics.median(runs["engine_eager"]),
+        "decode_compile_s": first_s - steady_s,
+        "decode_engine_compiled": cfg.compile and compiled.failure is None,
+        "decode_engine_identical_tokens": all(outs[k][0].tokens == outs["eager"][0].tokens for k in ("engine", "engine_eager")),
+        **bench_ragged(cfg, model, compiled),
+    }
+
+
+def ragged_prompt_batch(cfg: BenchConfig, max_len: int) -> dict:
+    """``cfg.ragged_prompts`` prompts of different lengths: the first ARC-AGI-1 evaluation tasks
+    (all demonstrations, the first test input) whose prompt leaves room for the output grid."""
+    from gridlm.datamodules.batching import collate
+    from gridlm.datamodules.serialize import serialize_example
+    from gridlm.datamodules.tasks import Pair, load_tasks
+
+    seqs, lengths = [], set()
+    for task in load_tasks("arc1:eval"):
+        seq = serialize_example(task.train, Pair(task.test[0].input, None), prompt_only=True)
+        if len(seq) + 3 + cfg.ragged_side**2 <= max_len and len(seq) not in lengths:
+            seqs.append(seq)
+            lengths.add(len(seq))
+        if len(seqs) == cfg.ragged_prompts:
+            break
+    return collate(seqs)
+
+
+def bench_ragged(cfg: BenchConfig, model, compiled) -> dict:
+    """The same compiled engine decoding ``ragged_prompts`` prompts of different lengths in one
+    call vs one prompt per call (every output forced to ragged_side x ragged_side)."""
+    from gridlm.datamodules.tokens import HEIGHT_0, WIDTH_0
+    from gridlm.modules.base_model import positions_of
+    from gridlm.modules.decoding import generate_grids
+
+    with torch.no_grad():  # the output bias now forces ragged_side x ragged_side
+        model.head.bias.zero_()
+        model.head.bias[HEIGHT_0 + cfg.ragged_side] = model.head.bias[WIDTH_0 + cfg.ragged_side] = 100.0
+    batch = ragged_prompt_batch(cfg, model.cfg.max_seq_len)
+    pos, n = positions_of(batch), batch["tokens"].shape[0]
+    rows = [(batch["tokens"][i : i + 1, :L], pos.map(lambda t: t[i : i + 1, :L]), [L]) for i, L in enumerate(batch["lengths"].tolist())]
+    one_by_one = lambda: [d for r in rows for d in compiled.generate(model, *r, "row_major")]  # noqa: E731
+    together = lambda: compiled.generate(model, batch["tokens"], pos, batch["lengths"], "row_major")  # noqa: E731
+    one_by_one(), together()  # warm-up: a new batch size must not recompile (dynamic shapes), but be sure
+    outs: dict[str, list] = {}
+
+    def timed(name: str, fn) -> Callable[[], float]:
+        def run() -> float:
+            rate, outs[name] = _decode_rate(fn)
+            return rate
+
+        return run
+
+    runs = interleaved({"batched": timed("batched", together), "single": timed("single", one_by_one)}, max(1, cfg.repeats // 2))
+    t = time.perf_counter()
+    reference = [d for r in rows for d in generate_grids(model, r[0], r[1], "row_major")]
+    reference_rate = sum(d.n_tokens for d in reference) / (time.perf_counter() - t)
+    return {
+        "decode_ragged_batch_speedup": median_ratio(runs["batched"], runs["single"]),
+        "decode_ragged_batch_speedup_range": ratio_range(runs["batched"], runs["single"]),
+        "decode_ragged_tokens_per_s_batched": statistics.median(runs["batched"]),
+        "decode_ragged_vs_eager_one_at_a_time": statistics.median(runs["batched"]) / reference_rate,
+        "decode_ragged_prompt_lengths": batch["lengths"].tolist(),
+        "decode_ragged_identical_tokens": [d.tokens for d in outs["batched"]] == [d.tokens for d in reference] == [d.tokens for d in outs["single"]],
+    }
+
+
+# ---------------------------------------------------------------- 9. compiled training step
+
+
+def bench_compile_train(cfg: BenchConfig) -> dict:
+    """Training steps of ``AutoregressiveGridModel`` (forward, backward, AdamW) with
+    ``compile=True`` vs ``compile=False`` on the same bucketed ARC-AGI-1 batches (different
+    lengths: the dynamic-shape graph is reused); the compiled side's first pass (compilation)
+    is timed apart."""
+    from gridlm.modules.base_model import AutoregressiveGridModel
+
+    batches = train_batches(cfg, cfg.compile_batches)
+    steps, first = {}, {}
+    for name, flag in (("eager", False), ("compiled", True)):
+        torch.manual_seed(0)
+        module = AutoregressiveGridModel(**model_kwargs(cfg, compile=flag and cfg.compile)).train()
+        opt = torch.optim.AdamW(module.parameters(), lr=1e-3)
+
+        def step(module=module, opt=opt) -> float:
+            t = time.perf_counter()
+            for batch in batches:
+                losses, _, _ = module.token_losses(batch)
+                losses.mean().backward()
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+            return time.perf_counter() - t
+
+        first[name] = step()  # warm-up; compiles on the compiled side
+        steps[name] = step
+    runs = interleaved(steps, cfg.repeats)
+    return {
+        "compile_train_speedup": median_ratio(runs["eager"], runs["compiled"]),
+        "compile_train_speedup_range": ratio_range(runs["eager"], runs["compiled"]),
+        "compile_train_compile_s": first["compiled"] - statistics.median(runs["compiled"]),
+        "compile_train_batch_shapes": [list(b["tokens"].shape) for b in batches],
     }
 
 
@@ -559,6 +718,24 @@ NOTES: dict = {  # the report's text: why a target can be missed and what would 
         "Lengths come from each task's plan (exact without ROW_END); padding is bounded by the length "
         "spread inside a mega-batch. Raise `data.bucket_factor` to lower it."
     ),
+    "decode_tokens_per_s_cache": (
+        "At batch 1 a decode step is one token through the model: its time is the per-kernel cost of about a "
+        "dozen fused kernels and GEMMs per layer plus attention over the cache. A miss means either the step ran "
+        "uncompiled (`decode_engine_compiled` false: see the warning), or the cores were shared (the load average "
+        "is in the header), or per-kernel overhead dominates (fewer, larger kernels: `torch._inductor.config."
+        "cpp_wrapper`, CUDA graphs on a GPU)."
+    ),
+    "decode_engine_vs_eager": (
+        "The eager decoder spends most of a step in Python (per-row grammar objects, ~700 small ATen calls); the "
+        "compiled engine removes both. A miss with a high `decode_tokens_per_s_cache` means the eager side was "
+        "measured on idler cores than the engine (compare the per-repeat range)."
+    ),
+    "decode_ragged_batch_speedup": (
+        "Batching amortises the per-step overhead over rows until arithmetic and cache reads dominate. Prompts of "
+        "different lengths also cost the padding of the prefill and, if outputs differ in size, steps for "
+        "finished rows until compaction drops them. A miss means the compiled batch-1 step is already close to "
+        "arithmetic-bound at this size, so batching has little overhead left to amortise."
+    ),
     "method": {
         "lightning_vs_plain": "the first warmup + fit_steps bucketed ARC-AGI-1 training batches (quickstart data settings) "
         "are collated once; a `Trainer.fit` of `AutoregressiveGridModel` (manual optimization, ScheduleFreeMode, "
@@ -576,6 +753,22 @@ NOTES: dict = {  # the report's text: why a target can be missed and what would 
         "(bucket_factor 64) vs bucket_factor 1 (random batches), ARC-AGI-1 training examples, mean of 3 epochs.",
         "kv_cache_speedup": "`gridlm.modules.decoding.generate_grids` with `use_cache` True and False on an untrained quickstart "
         "model whose output bias forces a decode_side x decode_side grid; emitted tokens per second; tokens compared.",
+        "decode_tokens_per_s_cache": "`gridlm.modules.inference.DecodeEngine` with `compile=\"always\"` (inductor; dynamic batch and "
+        "cache dimensions) decoding the section-5 prompt with the section-5 model (forced decode_side x decode_side "
+        "output), batch 1; emitted tokens over the wall time of the whole call (prefill included), steady state: "
+        "the first call, which compiles, is timed apart (`decode_compile_s` = first call - a steady call).",
+        "decode_engine_vs_eager": "the same decode by the compiled engine and by `gridlm.modules.decoding.generate_grids` "
+        "(the eager reference, KV cache on), interleaved; `decode_tokens_per_s_engine_uncompiled` is the engine's "
+        "own step run eagerly (the fallback); tokens compared.",
+        "decode_ragged_batch_speedup": "the first ragged_prompts ARC-AGI-1 evaluation tasks (all demonstrations + the first "
+        "test input) whose prompts have different lengths and leave room for the output; the model's output bias forces "
+        "ragged_side x ragged_side grids; the compiled engine decodes them in one call vs one call per prompt, interleaved "
+        "(the engine is warmed up on both shapes first); `decode_ragged_vs_eager_one_at_a_time` compares the batched "
+        "engine with the eager reference decoding one prompt at a time; tokens compared.",
+        "compile_train_speedup": "compile_batches bucketed ARC-AGI-1 training batches (quickstart data settings, several "
+        "lengths) through `AutoregressiveGridModel.token_losses`, backward and AdamW, with `compile=True` vs `False` "
+        "(same initial weights); time of a pass over the batches, interleaved, after one untimed pass "
+        "(`compile_train_compile_s`: the compiled side's first pass minus a steady pass). Reported, no target.",
         "batch_probe_ratio": "peak process RSS (`gridlm.callbacks.batch_sizing.cpu_peak_bytes`) of forward + backward on the "
         "longest ARC-AGI-1 examples, measured once for every size 1..probe_rows; budget at 60% of the range between 1 "
         "and probe_rows rows; `choose_micro_batch` (a few of those measurements) vs `exhaustive_max` (all of them) "
@@ -600,6 +793,8 @@ SECTIONS = [
     ("batch_probe", bench_batch_probe),
     ("encodings", bench_encodings),
     ("synthetic", lambda cfg: __import__("gridlm.experiments.synthetic_speed", fromlist=["x"]).bench_synthetic(cfg)),
+    ("decode_engine", bench_decode_engine),
+    ("compile_train", bench_compile_train),
 ]
 
 
@@ -645,6 +840,22 @@ def write_outputs(results: dict, out_dir: Path, command: str) -> tuple[Path, Pat
     return json_path, md_path
 
 
+def merge_results(previous: Path, results: dict, sections: list[str], command: str) -> dict:
+    """The figures of ``previous`` (a benchmarks.json) updated with ``results`` of ``sections``.
+    Ratios stay same-run (each comes from one section); ``merged_runs`` lists the run of every
+    section merged in, with its machine and load average, which the report prints."""
+    if not previous.exists():
+        raise ValueError(f"--merge: {previous} does not exist; run the whole benchmark once without --merge")
+    old = json.loads(previous.read_text())
+    merged = {**old, **{k: v for k, v in results.items() if k not in ("config", "machine", "seconds")}}
+    merged["seconds"] = {**old.get("seconds", {}), **{k: v for k, v in results["seconds"].items() if k != "total"}}
+    merged["config"] = {**old.get("config", {}), **results["config"]}
+    runs = [r for r in old.get("merged_runs", []) if not set(r["sections"]) <= set(sections)]
+    merged["merged_runs"] = runs + [{"sections": list(sections), "command": command, "machine": results["machine"],
+                                     "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}]
+    return merged
+
+
 def _fmt(v) -> str:
     return f"{v:.3g}" if isinstance(v, float) else str(v)
 
@@ -664,6 +875,10 @@ def render_markdown(r: dict, command: str) -> str:
         f"Python {m['python']}, GPU: {m['cuda'] or 'none'}",
         f"- load average (1, 5, 15 min) at start {tuple(round(x, 2) for x in m['load_average'] or ())}, "
         f"at end {tuple(round(x, 2) for x in m.get('load_average_end') or ())}",
+        *[f"- sections {', '.join(mr['sections'])} merged in from `{mr['command']}` ({mr['date']}), load average at start "
+          f"{tuple(round(x, 2) for x in mr['machine']['load_average'] or ())}, at end "
+          f"{tuple(round(x, 2) for x in mr['machine'].get('load_average_end') or ())}; the lines above are the rest's run"
+          for mr in r.get("merged_runs", [])],
         f"- sizes: {json.dumps({k: r['config'][k] for k in ('d_model', 'n_layers', 'n_heads', 'batch_size', 'max_seq_len', 'seq_len', 'repeats')})}",
         "",
         "| figure | value | range over repeats | target | status |",
@@ -678,7 +893,7 @@ def render_markdown(r: dict, command: str) -> str:
         lines.append(f"| `pad_fraction_naive`: same, random batches | {_fmt(r['pad_fraction_naive'])} | | (reference) | |")
     lines += ["", "## Details", ""]
     detail_keys = [k for k in r if k not in TARGETS and k.removesuffix("_range") not in TARGETS
-                   and k not in ("config", "machine", "seconds", "encoding_step_time_vs_none", "pad_fraction_naive")]
+                   and k not in ("config", "machine", "seconds", "encoding_step_time_vs_none", "pad_fraction_naive", "merged_runs")]
     lines += [f"- `{k}`: {_fmt(r[k]) if not isinstance(r[k], (dict, list)) else json.dumps(r[k])}" for k in detail_keys]
     lines += [f"- seconds per section: {json.dumps({k: round(v) for k, v in r['seconds'].items()})}"]
     if "encoding_step_time_vs_none" in r:
@@ -705,12 +920,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="small sizes, few repeats (< 2 minutes)")
     parser.add_argument("--out_dir", default=".", help="where benchmarks.json and docs/benchmarks.md go")
     parser.add_argument("--only", nargs="*", choices=[n for n, _ in SECTIONS], help="run only these sections")
+    parser.add_argument("--merge", action="store_true", help="with --only: keep the other sections' figures of the existing "
+                        "benchmarks.json in --out_dir (each run's machine and load are listed)")
     args = parser.parse_args(argv)
+    if args.merge and not args.only:
+        parser.error("--merge needs --only SECTION ...: it keeps the figures of the sections not run")
     cfg = BenchConfig.make(args.quick)
     start = time.perf_counter()
     results = run(cfg, args.only)
     results["seconds"]["total"] = time.perf_counter() - start
     command = "python -m gridlm.experiments.benchmark " + " ".join(sys.argv[1:] if argv is None else argv)
+    if args.merge:
+        results = merge_results(Path(args.out_dir) / "benchmarks.json", results, args.only, command.strip())
     paths = write_outputs(results, Path(args.out_dir), command.strip())
     for key in TARGETS:
         if key in results:

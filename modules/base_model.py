@@ -16,6 +16,7 @@ the top two voted grids, optionally after per-task test-time training (``ttt_ste
 from __future__ import annotations
 
 import contextlib
+import warnings
 from typing import Callable, Iterable, Optional, Sequence, Union
 
 import lightning as L
@@ -29,13 +30,14 @@ from gridlm.datamodules.augment import Augmentation
 from gridlm.datamodules.batching import split_batch
 from gridlm.datamodules.orders import OrderName
 from gridlm.datamodules.tokens import ROLE_TEST_OUTPUT, VOCAB_SIZE
-from gridlm.modules.decoding import Decoded, generate_grids
+from gridlm.modules.decoding import Decoded
 from gridlm.modules.encodings import Positions
+from gridlm.modules.inference import CompileMode, DecodeEngine, EngineConfig
 from gridlm.modules.encodings.registry import EncodingName
 from gridlm.modules.eval_examples import example_rows
 from gridlm.modules.provenance import run_metadata
 from gridlm.modules.ttt import TTTConfig, adapted
-from gridlm.modules.voting import VotingConfig, batch_prompts, vote
+from gridlm.modules.voting import VotingConfig, batch_prompts, prompt_lengths, vote
 from gridlm.modules.transformer import InputAttention, MLPName, NormName, Transformer, TransformerConfig
 
 OptimizerFactory = Callable[[Iterable], torch.optim.Optimizer]
@@ -97,6 +99,8 @@ class AutoregressiveGridModel(L.LightningModule):
         ttt_lr: float = 1e-4,
         ttt_batch_size: int = 8,
         ttt_augment: bool = True,
+        decode_compile: CompileMode = "auto",
+        compile: bool = False,
         grad_clip: Optional[float] = 1.0,
         micro_batch_size: Optional[int] = None,
         skip_nonfinite: bool = True,
@@ -139,6 +143,13 @@ class AutoregressiveGridModel(L.LightningModule):
             ttt_lr: test-time training learning rate.
             ttt_batch_size: leave-one-out examples per test-time training step.
             ttt_augment: random dihedral transforms and colour permutations during test-time training.
+            decode_compile: when the decode engine (``gridlm.modules.inference``) runs its step under
+                ``torch.compile``: ``auto`` once it has decoded 20,000 steps eagerly (compiling costs
+                tens of seconds on a CPU: a short validation decode never pays it back, a whole
+                ``predict`` does), ``always``, or ``never``. Tokens are the same either way.
+            compile: ``torch.compile`` the training forward (and so its backward), with dynamic
+                shapes so that bucketed batches of every length share one graph. Off by default:
+                ``compile_train_speedup`` in docs/benchmarks.md measures what it gains on this CPU.
             grad_clip: clip the gradient norm to this value (None: no clipping).
             micro_batch_size: rows per forward/backward inside a step (None: the whole batch);
                 set by ``MemoryAwareBatchSize`` and halved on out-of-memory errors.
@@ -185,6 +196,10 @@ class AutoregressiveGridModel(L.LightningModule):
         self.order, self.row_end, self.n_generate = order, row_end, n_generate
         self.voting = VotingConfig(n_votes=n_votes, colours=vote_colours, keep_zero=vote_keep_zero)
         self.ttt = TTTConfig(steps=ttt_steps, lr=ttt_lr, batch_size=ttt_batch_size, augment=ttt_augment)
+        self.engine = DecodeEngine(EngineConfig(compile=decode_compile))
+        self.compile_training = compile
+        self._compiled_forward = None  # torch.compile(self.model.forward), made at the first training step
+        self._compile_checked = False  # the compiled forward ran once (compiled) without failing
         self.train_loss = MeanMetric()
         self.stage_metrics = nn.ModuleDict(
             {
@@ -202,12 +217,33 @@ class AutoregressiveGridModel(L.LightningModule):
     def token_losses(self, batch: dict) -> tuple[Tensor, Tensor, Tensor]:
         """Per-target losses ``(N,)``, their roles ``(N,)``, and logits ``(B, T-1, V)`` at every
         position (logits[:, t] predicts token t+1)."""
-        logits = self.model(batch["tokens"], positions_of(batch))  # (B, T, V)
+        logits = self._train_forward(batch["tokens"], positions_of(batch))  # (B, T, V)
         logits = logits[:, :-1]
         mask = batch["target_mask"][:, 1:]  # (B, T-1)
         targets = batch["tokens"][:, 1:][mask]  # (N,)
         losses = F.cross_entropy(logits[mask].float(), targets, reduction="none")  # (N,)
         return losses, batch["role"][:, 1:][mask], logits
+
+    def _train_forward(self, tokens: Tensor, positions: Positions) -> Tensor:
+        """The model's forward; compiled while training with ``compile=True`` (validation and
+        decoding stay eager: other shapes and grad modes would each compile again)."""
+        if not (self.compile_training and self.training and torch.is_grad_enabled()):
+            return self.model(tokens, positions)
+        if self._compiled_forward is None:
+            self._compiled_forward = torch.compile(self.model.forward, dynamic=True)
+        if self._compile_checked:
+            return self._compiled_forward(tokens, positions)
+        try:  # the first call compiles: a compiler that fails there leaves training eager, with one notice
+            logits = self._compiled_forward(tokens, positions)
+        except (torch.OutOfMemoryError, ValueError, TypeError):
+            raise  # the batch's defect or size, not the compiler's (micro-batching halves on OOM)
+        except Exception as err:  # noqa: BLE001 -- whatever the compiler raised
+            first = (str(err).strip().splitlines() or [""])[0][:200]
+            warnings.warn(f"model.compile: torch.compile failed ({type(err).__name__}: {first}); training eagerly", RuntimeWarning, stacklevel=2)
+            self.compile_training = False
+            return self.model(tokens, positions)
+        self._compile_checked = True
+        return logits
 
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
         """One optimizer step over ``batch`` (the effective batch), accumulated over micro-batches
@@ -313,7 +349,7 @@ class AutoregressiveGridModel(L.LightningModule):
         hits: list[float] = []
         if chosen and self.voting.n_votes > 1:
             # the first vote is the identity augmentation: its decode is the plain greedy one
-            results = vote(self.model, batch_prompts(batch, chosen, self.order, self.row_end), self.order, self.row_end, self.voting)
+            results = vote(self.model, batch_prompts(batch, chosen, self.order, self.row_end), self.order, self.row_end, self.voting, self.engine)
             targets = [batch["meta"][i]["target"] for i in chosen]
             greedy = [r.decoded[0][1].grid if r.decoded and r.decoded[0][0].is_identity else None for r in results]
             hits = [float(_same(g, t)) for g, t in zip(greedy, targets)]
@@ -366,23 +402,18 @@ class AutoregressiveGridModel(L.LightningModule):
         self._eval_step(batch, "test")
 
     # ---------------------------------------------------------------- decoding
-    def decode_batch(self, batch: dict, rows: Sequence[int] | None = None, use_cache: bool = True) -> list[Decoded]:
-        """Greedy-decode the query output of the chosen rows of a batch. Full sequences are cut
-        after the query's OUTPUT marker; prompts of equal length are decoded together."""
+    def decode_batch(self, batch: dict, rows: Sequence[int] | None = None) -> list[Decoded]:
+        """Greedy-decode the query output of the chosen rows of a batch, all in one call of the
+        decode engine: each row's prompt runs up to and including its query's OUTPUT marker
+        (prompts of different lengths decode together)."""
         rows = list(range(batch["tokens"].shape[0])) if rows is None else list(rows)
-        is_out = batch["role"] == ROLE_TEST_OUTPUT  # (B, T)
-        # prompt length: up to and including the OUTPUT marker (the first test-output token)
-        first = torch.where(is_out.any(1), is_out.float().argmax(1), batch["lengths"] - 1).tolist()
-        groups: dict[int, list[int]] = {}
-        for r in rows:
-            groups.setdefault(first[r] + 1, []).append(r)
-        results: dict[int, Decoded] = {}
-        for plen, members in groups.items():
-            idx = torch.tensor(members, device=batch["tokens"].device)
-            pos = positions_of(batch).map(lambda t: t[idx, :plen])
-            out = generate_grids(self.model, batch["tokens"][idx, :plen], pos, self.order, self.row_end, use_cache)
-            results.update(zip(members, out))
-        return [results[r] for r in rows]
+        if not rows:
+            return []
+        lengths = prompt_lengths(batch)
+        width = max(lengths[r] for r in rows)
+        idx = torch.tensor(rows, device=batch["tokens"].device)
+        pos = positions_of(batch).map(lambda t: t[idx, :width])
+        return self.engine.generate(self.model, batch["tokens"][idx, :width], pos, [lengths[r] for r in rows], self.order, self.row_end)
 
     @torch.no_grad()
     def panel_grids(self, batch: dict, rows: Sequence[int]) -> list[tuple[list[tuple[str, object]], str]]:
@@ -407,13 +438,13 @@ class AutoregressiveGridModel(L.LightningModule):
             groups.setdefault(meta["task_id"], []).append(i)
         attempts: dict[int, list] = {}
         reasons: dict[int, str | None] = {}
-        for task_id, rows in groups.items():
-            if self.ttt.steps > 0:
+        if self.ttt.steps > 0:  # each task decoded by its own adapted weights
+            for task_id, rows in groups.items():
                 demos = batch_prompts(batch, rows[:1], self.order, self.row_end)[0][0]
                 with adapted(self.model, demos, self.order, self.row_end, self.ttt, key=task_id):
                     self._predict_rows(batch, rows, attempts, reasons)
-            else:
-                self._predict_rows(batch, rows, attempts, reasons)
+        else:  # every test input of the batch (and every augmentation) in one decode call
+            self._predict_rows(batch, list(range(len(metas))), attempts, reasons)
         out = []
         for i, meta in enumerate(metas):
             aug = Augmentation(*meta["augmentation"])
@@ -424,7 +455,7 @@ class AutoregressiveGridModel(L.LightningModule):
     def _predict_rows(self, batch: dict, rows: list[int], attempts: dict, reasons: dict) -> None:
         """Fill ``attempts[row]`` (grids in the prompt's frame, best first) and ``reasons[row]``."""
         if self.voting.n_votes > 1:
-            results = vote(self.model, batch_prompts(batch, rows, self.order, self.row_end), self.order, self.row_end, self.voting)
+            results = vote(self.model, batch_prompts(batch, rows, self.order, self.row_end), self.order, self.row_end, self.voting, self.engine)
             for r, res in zip(rows, results):
                 attempts[r], reasons[r] = res.attempts(2), res.reason
         else:

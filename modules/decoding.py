@@ -9,6 +9,11 @@ the same positions at training and at decoding time.
 
 ``use_cache=True`` decodes incrementally with a KV cache; ``use_cache=False`` re-runs the full
 sequence every step (the slow reference; a test checks both give identical tokens).
+
+This is the plain reference decoder: one Python grammar object per row, prompts of equal length.
+Training, validation, voting and predict decode with the engine of ``gridlm.modules.inference``
+(ragged prompt batches, the grammar as tensors, a static KV cache, a compiled step), which
+``tests/test_engine.py`` checks against this decoder token for token.
 """
 
 from __future__ import annotations

@@ -86,7 +86,8 @@ class TransformerConfig:
 
 class KVCache:
     """Keys/values of every layer for incremental decoding, plus the positions they were made at
-    (attention-bias encodings need key positions). Preallocated to ``max_len``; ``length`` grows."""
+    (attention-bias encodings need key positions). Preallocated to ``max_len``; ``length`` grows
+    by each forward's ``T`` (every row at once: prompts of equal length)."""
 
     def __init__(self, n_layers: int, batch: int, n_heads: int, head_dim: int, max_len: int, device, dtype) -> None:
         shape = (batch, n_heads, max_len, head_dim)
@@ -103,6 +104,86 @@ class KVCache:
         self.k[layer][:, :, t0:t1] = k
         self.v[layer][:, :, t0:t1] = v
         return self.k[layer][:, :, :t1], self.v[layer][:, :, :t1]
+
+    def keys(self, positions: Positions) -> tuple[Positions, Tensor | None, int]:
+        """For a forward of ``positions`` (B, T): the positions of every key it attends to, a
+        ``(B, Tk)`` mask of visible keys (None: all, up to causality) and the cached length before it."""
+        key_pos = positions if self.positions is None else Positions.cat(self.positions, positions)
+        return key_pos, None, self.length
+
+    def advance(self, T: int, key_pos: Positions) -> None:
+        self.length += T
+        self.positions = key_pos
+
+
+class StaticKVCache:
+    """A fixed-size cache for compiled decoding: keys/values ``(B, nh, L, hs)`` zero-filled once,
+    with per-row write slots, so rows of different prompt lengths decode together.
+
+    Two modes. Prefill (``slots`` None): a right-padded prompt batch ``(B, T)`` is written to
+    slots ``[0, T)`` and attends causally to itself only (a real token never sees the padding
+    after it). Step (``slots`` a ``(B,)`` tensor): one token per row is written at its row's
+    slot (the engine keeps ``slot == pos``: prompt length + tokens generated), and attends to
+    all ``L`` slots under a mask of ``slot' <= slot``: the slots of padding were overwritten by
+    generated tokens before they become visible. Shapes never change between steps, so one
+    compiled step serves every step (gpt-fast's static cache, with per-row offsets instead of a
+    shared ``input_pos``). ``positions`` keeps the key metadata for attention-bias encodings."""
+
+    def __init__(self, n_layers: int, batch: int, n_heads: int, head_dim: int, max_len: int, device, dtype, keep_positions: bool) -> None:
+        shape = (batch, n_heads, max_len, head_dim)
+        # zeros, not empty: a masked slot's value still enters softmax(qk) @ v, and 0 * NaN is NaN
+        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(n_layers)]
+        self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(n_layers)]
+        fill = torch.zeros(batch, max_len, dtype=torch.long, device=device)
+        self.positions = Positions(*(fill.clone() for _ in range(6))) if keep_positions else None  # (B, L) each
+        self.slots: Tensor | None = None
+        self.max_len = max_len
+
+    def append(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        if self.slots is None:  # prefill: slots [0, T), attend to the prompt itself
+            T = k.size(2)
+            self.k[layer][:, :, :T] = k
+            self.v[layer][:, :, :T] = v
+            return k, v
+        rows = torch.arange(k.size(0), device=k.device)
+        self.k[layer][rows, :, self.slots] = k[:, :, 0]  # (B, nh, hs) at (row, slot)
+        self.v[layer][rows, :, self.slots] = v[:, :, 0]
+        return self.k[layer], self.v[layer]  # (B, nh, L, hs)
+
+    def keys(self, positions: Positions) -> tuple[Positions, Tensor | None, int]:
+        if self.slots is None:
+            if self.positions is not None:
+                T = positions.pos.size(1)
+                for store, new in zip(self.positions, positions):
+                    store[:, :T] = new if new is not None else -1
+            return positions, None, 0
+        key_pos = positions
+        if self.positions is not None:
+            rows = torch.arange(positions.pos.size(0), device=positions.pos.device)
+            for store, new in zip(self.positions, positions):
+                store[rows, self.slots] = new[:, 0] if new is not None else -1
+            key_pos = Positions(*(s if n is not None else None for s, n in zip(self.positions, positions)))
+        visible = torch.arange(self.max_len, device=self.slots.device) <= self.slots[:, None]  # (B, L)
+        return key_pos, visible, 0
+
+    @property
+    def length(self) -> int:
+        """Keys before this forward, as :class:`Attention`'s fused causal path counts them: 0 (a
+        prefill attends to itself; a step always brings its mask)."""
+        return 0
+
+    def advance(self, T: int, key_pos: Positions) -> None:
+        pass  # the engine moves the slots
+
+    def select(self, rows: Tensor, length: int) -> "StaticKVCache":
+        """A cache of the chosen rows and the first ``length`` slots (copies): the engine drops
+        finished rows and unused slots mid-decode."""
+        out = object.__new__(StaticKVCache)
+        out.k = [k[rows, :, :length].contiguous() for k in self.k]
+        out.v = [v[rows, :, :length].contiguous() for v in self.v]
+        out.positions = None if self.positions is None else self.positions.map(lambda t: t[rows, :length].contiguous())
+        out.slots, out.max_len = None, length
+        return out
 
 
 def make_norm(cfg: TransformerConfig, dim: int | None = None) -> nn.Module:
@@ -216,6 +297,13 @@ class Transformer(nn.Module):
         c = self.cfg
         return KVCache(c.n_layers, batch, c.n_heads, c.head_dim, max_len, device or p.device, dtype or p.dtype)
 
+    def new_static_cache(self, batch: int, max_len: int, device=None, dtype=None) -> StaticKVCache:
+        """A :class:`StaticKVCache`; it keeps key positions only when an attention-bias encoding needs them."""
+        p = self.embed.weight
+        c = self.cfg
+        keep = len(self.encodings.bias_encodings) > 0
+        return StaticKVCache(c.n_layers, batch, c.n_heads, c.head_dim, max_len, device or p.device, dtype or p.dtype, keep)
+
     def hidden(
         self,
         tokens: Tensor,
@@ -235,15 +323,18 @@ class Transformer(nn.Module):
         rot = self.encodings.rotary(positions)
         if rot is not None:  # once per forward: cast, and the sign of rotate_half folded into sin
             rot = (rot[0].to(x.dtype), signed_sin(rot[1]).to(x.dtype))
-        key_pos = positions if cache is None or cache.positions is None else Positions.cat(cache.positions, positions)
-        past = 0 if cache is None else cache.length
-        within = self.input_blocks(positions, key_pos) if self.cfg.input_attention == "bidirectional" else None
+        key_pos, past = positions, 0
+        if cache is not None:  # keys: cached + new; a static cache also says which of its slots are visible
+            key_pos, visible, past = cache.keys(positions)
+            key_padding_mask = visible if key_padding_mask is None else key_padding_mask
+        # one-token forwards (decoding steps) open nothing: the causal diagonal is their only limit
+        bidir = self.cfg.input_attention == "bidirectional" and tokens.size(1) > 1
+        within = self.input_blocks(positions, key_pos) if bidir else None
         mask = self.attn_mask(self.encodings.bias(positions, key_pos), key_padding_mask, tokens.size(1), past, x, within)
         for i, block in enumerate(self.blocks):
             x = block(x, rot, mask, cache, i)
         if cache is not None:
-            cache.length += tokens.size(1)
-            cache.positions = key_pos
+            cache.advance(tokens.size(1), key_pos)
         return self.norm(x)
 
     def input_blocks(self, q: Positions, k: Positions) -> Tensor | None:
@@ -259,8 +350,9 @@ class Transformer(nn.Module):
         self, bias: Tensor | None, key_padding_mask: Tensor | None, T: int, past: int, x: Tensor, within: Tensor | None = None
     ) -> Tensor | None:
         """The additive attention mask shared by every layer, built once per forward: the encodings'
-        bias ``(B, nh, T, past+T)``, ``-inf`` above the causal diagonal and on padded keys, in the
-        dtype attention runs in (the autocast dtype under mixed precision). None when the fused
+        bias ``(B, nh, T, Tk)``, ``-inf`` above the causal diagonal and on padded keys, in the
+        dtype attention runs in (the autocast dtype under mixed precision). ``Tk`` is ``past + T``,
+        or the width of ``key_padding_mask`` (a static cache's slots). None when the fused
         ``is_causal`` (or unmasked) path of ``scaled_dot_product_attention`` applies: no bias, no
         padding mask, no causal prompt chunk after cached keys, and no input grid to open (``within``:
         :meth:`input_blocks`, pairs allowed above the diagonal)."""
@@ -268,7 +360,7 @@ class Transformer(nn.Module):
         if bias is None and key_padding_mask is None and not causal_chunk and within is None:
             return None
         dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
-        Tk = past + T
+        Tk = past + T if key_padding_mask is None else key_padding_mask.size(1)
         # the encodings' bias is a fresh tensor of this forward: the causal mask is written into it in place
         mask = torch.zeros(1, 1, T, Tk, dtype=dtype, device=x.device) if bias is None else bias.to(dtype)
         if self.cfg.causal and T > 1:

@@ -8,10 +8,10 @@ predicted grids by how many augmentations produced them. Ties are broken by the 
 votes of the per-token log-likelihood (``Decoded.mean_logprob``). The top two candidates are
 the two attempts of an ARC submission.
 
-Prompts of equal length are decoded together; dihedral transforms keep a prompt's length
-unless ``row_end`` is on (a transpose changes the ROW_END count), so with ``row_end=False``
-the N augmented prompts of one test input form one batch. An augmented prompt that no longer
-fits ``max_seq_len`` is skipped (it casts no vote).
+Every augmented prompt of every test input is decoded in one call of the decode engine
+(``gridlm.modules.inference``), which batches prompts of different lengths together (a
+transposing augmentation changes the length when ``row_end`` is on; test inputs differ). An
+augmented prompt that no longer fits ``max_seq_len`` is skipped (it casts no vote).
 """
 
 from __future__ import annotations
@@ -27,8 +27,9 @@ from gridlm.datamodules.batching import collate
 from gridlm.datamodules.serialize import deserialize, serialize_example
 from gridlm.datamodules.tasks import Pair
 from gridlm.datamodules.tokens import N_COLOURS, ROLE_TEST_OUTPUT
-from gridlm.modules.decoding import Decoded, generate_grids
+from gridlm.modules.decoding import Decoded
 from gridlm.modules.encodings import Positions
+from gridlm.modules.inference import DecodeEngine
 from gridlm.modules.transformer import Transformer
 
 
@@ -41,13 +42,10 @@ class VotingConfig:
     colours: bool = True  # a random colour permutation per augmentation (not for the identity vote)
     keep_zero: bool = True  # keep colour 0 (the usual background) fixed when permuting colours
     seed: int = 0  # seed of the colour permutations (the same set for every test input)
-    max_batch: int = 32  # prompts decoded together at most (bounds decoding memory)
 
     def __post_init__(self) -> None:
         if self.n_votes < 1:
             raise ValueError(f"model.n_votes must be >= 1, got {self.n_votes}")
-        if self.max_batch < 1:
-            raise ValueError(f"voting max_batch must be >= 1, got {self.max_batch}")
 
     def augmentations(self) -> list[Augmentation]:
         """``n_votes`` augmentations, the identity first: vote ``i`` uses dihedral ``i % 8``
@@ -148,18 +146,18 @@ def vote(
     order: str,
     row_end: bool = False,
     config: VotingConfig = VotingConfig(),
-    use_cache: bool = True,
+    engine: DecodeEngine | None = None,
 ) -> list[VoteResult]:
     """Solve every ``(demonstrations, query input)`` prompt under ``config.augmentations()``.
 
-    Each augmented prompt is serialized with ``prompt_only=True``; prompts of equal length are
-    decoded together by ``generate_grids`` (at most ``config.max_batch`` at once); every
-    prediction is mapped back with the inverse augmentation before voting. Returns one
-    :class:`VoteResult` per prompt, in order."""
+    Each augmented prompt is serialized with ``prompt_only=True``; all of them are decoded in
+    one ``engine.generate`` call (a fresh :class:`DecodeEngine` when None); every prediction is
+    mapped back with the inverse augmentation before voting. Returns one :class:`VoteResult`
+    per prompt, in order."""
     augs = config.augmentations()
     device = next(model.parameters()).device
     limit = model.cfg.max_seq_len
-    jobs: dict[int, list[tuple[int, Augmentation, object]]] = {}  # prompt length -> (prompt, aug, seq)
+    jobs: list[tuple[int, Augmentation, object]] = []  # (prompt, augmentation, serialized prompt)
     for p, (context, query) in enumerate(prompts):
         for aug in augs:
             seq = serialize_example(
@@ -170,22 +168,19 @@ def vote(
                 prompt_only=True,
             )
             if len(seq) < limit:  # room for at least one generated token
-                jobs.setdefault(len(seq), []).append((p, aug, seq))
+                jobs.append((p, aug, seq))
     decoded: list[list[tuple[Augmentation, Decoded]]] = [[] for _ in prompts]
-    for members in jobs.values():
-        for s in range(0, len(members), config.max_batch):
-            chunk = members[s : s + config.max_batch]
-            batch = collate([seq for _, _, seq in chunk])  # equal lengths: no padding
-            pos = Positions.from_batch(batch).map(lambda t: t.to(device))
-            outs = generate_grids(model, batch["tokens"].to(device), pos, order, row_end, use_cache)
-            for (p, aug, _), d in zip(chunk, outs):
-                if d.grid is not None:
-                    d.grid = aug.invert(d.grid)
-                decoded[p].append((aug, d))
+    if jobs:
+        batch = collate([seq for _, _, seq in jobs])  # right-padded: the engine takes each row's length
+        pos = Positions.from_batch(batch).map(lambda t: t.to(device))
+        engine = engine or DecodeEngine()
+        outs = engine.generate(model, batch["tokens"].to(device), pos, batch["lengths"], order, row_end)
+        for (p, aug, _), d in zip(jobs, outs):
+            if d.grid is not None:
+                d.grid = aug.invert(d.grid)
+            decoded[p].append((aug, d))
     results = []
     for p in range(len(prompts)):
-        rank = {a: i for i, a in enumerate(augs)}
-        decoded[p].sort(key=lambda ad: rank[ad[0]])  # augmentation order, independent of batching
         cands = rank_candidates([(d.grid, d.mean_logprob, a.name) for a, d in decoded[p]])
         results.append(VoteResult(cands, decoded[p]))
     return results

@@ -17,7 +17,8 @@ from test_cli import read_metrics, tiny_flags
 
 TOY = benchmark.BenchConfig(
     repeats=1, fit_steps=1, warmup=1, d_model=16, n_layers=1, n_heads=2, batch_size=2, max_seq_len=256,
-    seq_len=32, flops_width=64, probe_rows=3, decode_side=3, prompt_side=2,
+    seq_len=32, flops_width=64, probe_rows=3, decode_side=3, prompt_side=2, ragged_prompts=3, ragged_side=2,
+    compile_batches=1, compile=False,
 )
 
 
@@ -27,18 +28,22 @@ def benchmark_families():
     return FAMILIES
 
 
-@pytest.mark.slow  # ~25 s on 2 idle cores: eight sections, three Lightning fits, ARC-AGI-1 loaded thrice
+@pytest.mark.slow  # ~35 s on 2 idle cores: ten sections, three Lightning fits, ARC-AGI-1 loaded five times
 def test_toy_benchmark_writes_every_key(tmp_path):
     results = benchmark.run(TOY, log=lambda msg: None)
     json_path, md_path = benchmark.write_outputs(results, tmp_path, "python -m gridlm.experiments.benchmark --toy")
     data = json.loads(json_path.read_text())
     keys = ["lightning_vs_plain", "vs_x_transformers", "peak_fraction", "pad_fraction_bucketed", "pad_fraction_naive",
-            "kv_cache_speedup", "batch_probe_ratio", "synthetic_prepare_vs_step", "pad_fraction_synthetic", "encoding_step_time_vs_none"]
+            "kv_cache_speedup", "batch_probe_ratio", "synthetic_prepare_vs_step", "pad_fraction_synthetic",
+            "decode_tokens_per_s_cache", "decode_engine_vs_eager", "decode_ragged_batch_speedup", "compile_train_speedup",
+            "encoding_step_time_vs_none"]
     for key in keys:
         assert key in data, f"{key} missing from benchmarks.json"
     for key in keys[:-1]:
         assert isinstance(data[key], float) and math.isfinite(data[key]) and data[key] > 0, (key, data[key])
     assert data["kv_cache_identical_tokens"] is True and data["decode_grid_shape"] == [3, 3]
+    assert data["decode_engine_identical_tokens"] is True and data["decode_ragged_identical_tokens"] is True
+    assert len(set(data["decode_ragged_prompt_lengths"])) == 3
     assert 0 <= data["pad_fraction_bucketed"] < data["pad_fraction_naive"] < 1
     assert 0 < data["synthetic_ms_per_task"] and data["synthetic_ms_per_task_slowest"][0] in benchmark_families()
     assert set(data["encoding_step_time_vs_none"]) >= {"none", "rope_1d", "alibi_2d", "rope_1d+onehot_2d"}
@@ -82,6 +87,25 @@ def test_report_names_every_miss_with_its_note_and_the_per_repeat_range():
     assert "Every target was met" not in report
     met = _report(peak_fraction=0.6, encoding_step_time_vs_none={"none": 1.0, "rope_1d": 1.05})
     assert "Every target was met in this run." in met and "###" not in met
+
+
+def test_merge_keeps_the_sections_not_run_and_names_the_merged_run(tmp_path):
+    machine = {"cpu": "x86_64", "cores": 2, "torch": "t", "torch_threads": 2, "python": "3", "cuda": None, "load_average": [0.5, 0, 0]}
+    config = {k: 1 for k in ("d_model", "n_layers", "n_heads", "batch_size", "max_seq_len", "seq_len", "repeats")}
+    old = {"config": {**config, "quick": False}, "machine": machine, "seconds": {"padding": 1.0, "kv_cache": 2.0},
+           "pad_fraction_bucketed": 0.02, "kv_cache_speedup": 11.0, "decode_tokens_per_s_cache": 391.0}
+    (tmp_path / "benchmarks.json").write_text(json.dumps(old))
+    new = {"config": {**config, "quick": False}, "machine": {**machine, "load_average": [9.5, 0, 0], "load_average_end": [9.0, 0, 0]},
+           "seconds": {"decode_engine": 5.0, "total": 5.0}, "decode_tokens_per_s_cache": 4000.0}
+    merged = benchmark.merge_results(tmp_path / "benchmarks.json", new, ["decode_engine"], "bench --only decode_engine --merge")
+    assert merged["decode_tokens_per_s_cache"] == 4000.0 and merged["kv_cache_speedup"] == 11.0
+    assert merged["seconds"] == {"padding": 1.0, "kv_cache": 2.0, "decode_engine": 5.0} and merged["machine"] == machine
+    report = benchmark.render_markdown(merged, "bench")
+    assert "sections decode_engine merged in from `bench --only decode_engine --merge`" in report and "(9.5, 0, 0)" in report
+    again = benchmark.merge_results(tmp_path / "benchmarks.json", new, ["decode_engine"], "again")
+    assert [r["command"] for r in again["merged_runs"]] == ["again"]  # a re-run replaces its own entry
+    with pytest.raises(ValueError, match="does not exist"):
+        benchmark.merge_results(tmp_path / "missing.json", new, ["decode_engine"], "x")
 
 
 def test_quick_config_is_smaller():

@@ -17,6 +17,7 @@ from gridlm.datamodules.tasks import Pair
 from gridlm.experiments.cli import cli_main, write_submission
 from gridlm.modules.base_model import AutoregressiveGridModel
 from gridlm.modules.decoding import Decoded
+from gridlm.modules.inference import DecodeEngine
 from gridlm.modules.transformer import Transformer, TransformerConfig
 from gridlm.modules.voting import VotingConfig, prompt_pairs, rank_candidates, vote
 from test_cli import read_metrics, tiny_flags
@@ -29,17 +30,17 @@ AUGS = VotingConfig(n_votes=8).augmentations()
 
 
 def fake_generate(right: set[Augmentation], wrong: str = "fail", logprob=lambda aug: -1.0):
-    """A stand-in for ``generate_grids``: reads the (augmented) query input back from each prompt,
+    """A stand-in for ``DecodeEngine.generate``: reads the (augmented) query input back from each prompt,
     finds which augmentation of ``QUERY`` it is, and answers ``aug.apply(TARGET)`` (correct in the
     augmented frame) for augmentations in ``right``. Otherwise: no grid (``"fail"``) or a copy
     of the augmented input (``"copy"``: consistently wrong, the same grid once mapped back)."""
     calls = []
 
-    def generate(model, tokens, positions, order, row_end=False, use_cache=True, **_):
+    def generate(self, model, tokens, positions, lengths, order, row_end=False, **_):
         calls.append(tuple(tokens.shape))
         out = []
-        for row in tokens:
-            _, q = prompt_pairs(row, order, row_end)
+        for row, n in zip(tokens, lengths):
+            _, q = prompt_pairs(row[:n], order, row_end)
             (aug,) = [a for a in AUGS if a.apply(QUERY).shape == q.shape and (a.apply(QUERY) == q).all()]
             if aug in right:
                 grid = aug.apply(TARGET)
@@ -78,7 +79,7 @@ def test_augmented_queries_are_distinct():  # precondition of the fake model
 
 @pytest.mark.parametrize("k", range(8), ids=[a.name.split("+")[0] for a in AUGS])
 def test_right_under_one_augmentation_gives_the_unaugmented_answer(monkeypatch, k):
-    monkeypatch.setattr(voting, "generate_grids", fake_generate({AUGS[k]}))
+    monkeypatch.setattr(DecodeEngine, "generate", fake_generate({AUGS[k]}))
     (res,) = vote(tiny_model(), [(CONTEXT, QUERY)], "row_major", config=VotingConfig(n_votes=8))
     assert len(res.candidates) == 1 and res.candidates[0].votes == 1
     np.testing.assert_array_equal(res.candidates[0].grid, TARGET)
@@ -87,7 +88,7 @@ def test_right_under_one_augmentation_gives_the_unaugmented_answer(monkeypatch, 
 
 @pytest.mark.parametrize("order,row_end", [("col_major", False), ("hilbert", False), ("snake", True)])
 def test_inversion_with_other_orders(monkeypatch, order, row_end):
-    monkeypatch.setattr(voting, "generate_grids", fake_generate(set(AUGS[3:6]), wrong="copy"))
+    monkeypatch.setattr(DecodeEngine, "generate", fake_generate(set(AUGS[3:6]), wrong="copy"))
     (res,) = vote(tiny_model(), [(CONTEXT, QUERY)], order, row_end, VotingConfig(n_votes=8))
     # 5 consistently wrong votes (the input copied back) beat 3 right ones; attempt 2 is right
     assert [c.votes for c in res.candidates] == [5, 3]
@@ -98,13 +99,13 @@ def test_inversion_with_other_orders(monkeypatch, order, row_end):
 def test_ties_are_broken_by_mean_loglikelihood(monkeypatch):
     right = set(AUGS[:4])
     fake = fake_generate(right, wrong="copy", logprob=lambda a: -0.1 if a in right else -2.0)
-    monkeypatch.setattr(voting, "generate_grids", fake)
+    monkeypatch.setattr(DecodeEngine, "generate", fake)
     (res,) = vote(tiny_model(), [(CONTEXT, QUERY)], "row_major", config=VotingConfig(n_votes=8))
     assert [c.votes for c in res.candidates] == [4, 4]
     np.testing.assert_array_equal(res.candidates[0].grid, TARGET)
     assert res.candidates[0].mean_logprob == pytest.approx(-0.1)
     fake = fake_generate(right, wrong="copy", logprob=lambda a: -3.0 if a in right else -2.0)
-    monkeypatch.setattr(voting, "generate_grids", fake)
+    monkeypatch.setattr(DecodeEngine, "generate", fake)
     (res,) = vote(tiny_model(), [(CONTEXT, QUERY)], "row_major", config=VotingConfig(n_votes=8))
     np.testing.assert_array_equal(res.candidates[0].grid, QUERY)
 
@@ -119,31 +120,30 @@ def test_rank_candidates_by_hand():
     assert rank_candidates([(None, 0.0, "x")]) == []
 
 
-def test_real_model_decodes_all_votes_in_one_batch(monkeypatch):
-    fake = fake_generate(set())
-    real = voting.generate_grids
+def test_real_model_decodes_all_votes_of_all_prompts_in_one_call(monkeypatch):
+    real = DecodeEngine.generate
     calls = []
 
-    def counting(model, tokens, *args, **kwargs):
-        calls.append(tuple(tokens.shape))
-        return real(model, tokens, *args, max_side=4, **kwargs)  # small grids: a fast test
+    def counting(self, model, tokens, positions, lengths, *args, **kwargs):
+        calls.append((tuple(tokens.shape), list(map(int, lengths))))
+        return real(self, model, tokens, positions, lengths, *args, max_side=4, **kwargs)  # small grids: a fast test
 
-    monkeypatch.setattr(voting, "generate_grids", counting)
+    monkeypatch.setattr(DecodeEngine, "generate", counting)
     prompts = [(CONTEXT, QUERY), (CONTEXT[:1], QUERY[:2])]
     res = vote(tiny_model(), prompts, "row_major", config=VotingConfig(n_votes=8))
-    assert len(calls) == 2 and all(shape[0] == 8 for shape in calls)  # one batch per prompt length
+    (((rows, _), lengths),) = calls  # one call: 16 prompts of two lengths
+    assert rows == 16 and len(set(lengths)) == 2
     for r in res:
         assert [a for a, _ in r.decoded] == AUGS
         assert sum(c.votes for c in r.candidates) == 8
         assert all(1 <= min(g.shape) <= max(g.shape) <= 4 for g in r.attempts())
-    assert fake.calls == []
 
 
 def test_row_end_transposes_change_lengths_and_still_vote(monkeypatch):
     fake = fake_generate(set(AUGS), wrong="fail")
-    monkeypatch.setattr(voting, "generate_grids", fake)
+    monkeypatch.setattr(DecodeEngine, "generate", fake)
     (res,) = vote(tiny_model(), [(CONTEXT, QUERY)], "row_major", True, VotingConfig(n_votes=8))
-    assert len(fake.calls) == 2 and sorted(b for b, _ in fake.calls) == [4, 4]
+    assert len(fake.calls) == 1 and fake.calls[0][0] == 8  # two prompt lengths, one call
     assert res.candidates[0].votes == 8
     np.testing.assert_array_equal(res.candidates[0].grid, TARGET)
 
@@ -161,7 +161,7 @@ def predict_batch(aug: Augmentation = Augmentation()):
 
 
 def test_predict_with_voting_writes_two_different_attempts(monkeypatch, tmp_path):
-    monkeypatch.setattr(voting, "generate_grids", fake_generate(set(AUGS[:3]), wrong="copy"))
+    monkeypatch.setattr(DecodeEngine, "generate", fake_generate(set(AUGS[:3]), wrong="copy"))
     model = AutoregressiveGridModel(max_seq_len=256, d_model=16, n_layers=1, n_heads=2, n_votes=8).eval()
     (row,) = model.predict_step(predict_batch(), 0)
     assert row["task_id"] == "t0" and row["reason"] is None
@@ -183,7 +183,7 @@ def test_predict_maps_back_the_dataset_augmentation(monkeypatch):
 
 
 def test_validation_step_updates_pass1_pass2_and_greedy_exact_match(monkeypatch):
-    monkeypatch.setattr(voting, "generate_grids", fake_generate(set(AUGS[1:4]), wrong="copy"))
+    monkeypatch.setattr(DecodeEngine, "generate", fake_generate(set(AUGS[1:4]), wrong="copy"))
     model = AutoregressiveGridModel(max_seq_len=256, d_model=16, n_layers=1, n_heads=2, n_votes=8, n_generate=4).eval()
     meta = {"index": 0, "task_id": "t0", "query": 0, "augmentation": (0, tuple(range(10))), "target": TARGET}
     batch = collate([serialize_example(CONTEXT, Pair(QUERY, TARGET), meta=meta)])
