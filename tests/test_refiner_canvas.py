@@ -231,3 +231,76 @@ def test_recursion_beats_a_single_pass_in_a_seeded_tiny_run(tmp_path, capsys):
     one, refined = got["val/exact_match_pass_1"], got["val/exact_match_refined"]
     assert refined >= one + 0.1, got
     assert got["val/passes"] > 1.0, got
+
+
+# ---------------------------------------------------------------- predict and voting
+class _QueryDecoder:
+    """Stands in for the base model: its draft is the prompt's query input with cell (0, 0)
+    changed, in the prompt's (possibly augmented) frame; counts decoded rows."""
+
+    def __init__(self) -> None:
+        self.rows = 0
+        self.device = torch.device("cpu")
+
+    def decode_batch(self, batch, rows):
+        from gridlm.modules.decoding import Decoded
+        from gridlm.modules.voting import batch_prompts
+
+        self.rows += len(rows)
+        out = []
+        for _, query in batch_prompts(batch, list(rows), "row_major"):
+            g = np.array(query)
+            g[0, 0] = (g[0, 0] + 1) % 10
+            out.append(Decoded(g, None, 0.0, 0, []))
+        return out
+
+
+def _query_refiner(model: RefinementNetwork):
+    """A ``refine_passes`` whose refined grid is every prompt's query input (in its own frame)."""
+    from gridlm.modules.voting import batch_prompts
+
+    def refine_passes(batch, drafts, n_passes=None):
+        rows = list(range(len(drafts)))
+        grids = [np.asarray(q) for _, q in batch_prompts(batch, rows, "row_major")]
+        return [grids], [0.9] * len(rows), [1] * len(rows)
+
+    return refine_passes
+
+
+@pytest.mark.parametrize("n_votes", [1, 4], ids=["greedy", "4-votes"])
+def test_predict_writes_the_refined_grid_then_the_draft_and_votes_over_augmentations(n_votes):
+    batch = _batch(augment=False)
+    model = RefinementNetwork(**TINY, draft_ratio=0.0, n_votes=n_votes, vote_colours=True).eval()
+    fake = _QueryDecoder()
+    object.__setattr__(model, "_base", fake)
+    model.eval_draft = "base"
+    model.refine_passes = _query_refiner(model)
+    rows = model.predict_step(batch, 0)
+    assert fake.rows == len(batch["meta"]) * n_votes  # every augmented prompt drafted once
+    for row, meta in zip(rows, batch["meta"]):
+        query = np.asarray(meta["query_input"])
+        draft = query.copy()
+        draft[0, 0] = (draft[0, 0] + 1) % 10
+        # every vote mapped back to the same grid: it wins, and the un-augmented draft is attempt 2
+        assert row["attempts"] == [query.tolist(), draft.tolist()], row
+        assert row["task_id"] == meta["task_id"] and row["reason"] is None
+
+
+def test_predict_ranks_voted_grids_and_the_refiner_alone_needs_no_base():
+    batch = _batch(augment=False)
+    model = RefinementNetwork(**TINY, draft_ratio=0.0, empty_ratio=1.0, eval_draft="empty", n_votes=3, vote_colours=False).eval()
+    calls = []
+    original = model.refine_passes
+
+    def spy(b, drafts, n_passes=None):
+        calls.append(list(drafts))
+        return original(b, drafts, n_passes)
+
+    model.refine_passes = spy
+    rows = model.predict_step(batch, 0)
+    assert calls and all(d is None for c in calls for d in c)  # every vote starts from the empty canvas
+    assert sum(len(c) for c in calls) == 3 * len(batch["meta"])
+    for row in rows:
+        assert 0 <= len(row["attempts"]) <= 2 and (row["attempts"] != [None] or row["reason"])
+    with pytest.raises(ValueError, match="predict needs drafts without targets"):
+        RefinementNetwork(**TINY, draft_ratio=0.0).predict_step(batch, 0)
