@@ -304,3 +304,21 @@ def test_predict_ranks_voted_grids_and_the_refiner_alone_needs_no_base():
         assert 0 <= len(row["attempts"]) <= 2 and (row["attempts"] != [None] or row["reason"])
     with pytest.raises(ValueError, match="predict needs drafts without targets"):
         RefinementNetwork(**TINY, draft_ratio=0.0).predict_step(batch, 0)
+
+
+def test_validation_reports_draft_every_pass_and_refined_with_wrong_shapes(monkeypatch):
+    batch = _batch()
+    targets = [np.asarray(m["target"]) for m in batch["meta"]]
+    model = RefinementNetwork(**TINY, draft_ratio=0.0, corruptions=["crop"], n_passes=2).eval()
+    model.forward_pass = _perfect(model, targets)
+    logged = {}
+    monkeypatch.setattr(model, "log", lambda name, value, **kw: logged.__setitem__(name, value))
+    model._eval_step(batch, "val")
+    n = len(targets)
+    got = {k: float(v.compute()) for k, v in logged.items()}
+    assert got["val/exact_match_draft"] == 0.0 and got["val/wrong_shape_drafts"] == n  # every draft cropped
+    assert got["val/exact_match_pass_1"] == got["val/exact_match_refined"] == 1.0
+    assert got["val/shapes_fixed"] == n and got["val/wrong_shape_refined"] == 0 and got["val/pairs"] == n
+    assert got["val/passes"] == 2.0  # pass 2 changed nothing: stop
+    line = model.summary("val")
+    assert line == f"val exact match (corrupt drafts): draft 0/{n} | pass 1 {n}/{n} | pass 2 {n}/{n} | refined {n}/{n}; wrong shapes: drafts {n}, refined 0, fixed {n}"
