@@ -242,9 +242,14 @@ def _order_names():
 
 @pytest.mark.parametrize("encoding", _encoding_names())
 def test_fit_trains_with_every_encoding(encoding, tmp_path):
-    cli = cli_main(["fit", *tiny_flags(tmp_path, steps=2), "--model.encoding", encoding])
+    """Four steps on one fixed batch (2 tasks' 6 leave-one-out examples, no augmentation, no
+    warmup): the training loss falls at every step (measured: by 0.10 to 0.19 in total)."""
+    flags = {"--data.n_synthetic": "2", "--data.augment": "false", "--data.batch_size": "8", "--model.optimizer.warmup_steps": "1"}
+    cli = cli_main(["fit", *tiny_flags(tmp_path, steps=4, **flags), "--model.encoding", encoding])
+    assert len(cli.datamodule.datasets["train"]) <= 8, "precondition: one batch, the same every step"
     losses = read_metrics(cli.trainer.log_dir)["train/loss"]
-    assert len(losses) == 2 and all(l == l and l > 0 for l in losses)  # finite, positive
+    assert len(losses) == 4 and all(b < a for a, b in zip(losses, losses[1:])), losses
+    assert losses[0] - losses[-1] > 0.05, losses
 
 
 @pytest.mark.parametrize("order", _order_names())
