@@ -3,14 +3,17 @@
 - ``--data.batch_size`` is per device: 2 ranks x 3 examples (in micro-batches of 1, accumulated
   with one gradient all-reduce per step) vs 1 x 6. The ranks draw different
   (bucketed) batches than the single process does, and DDP averages per-rank mean losses, so the
-  runs are not bit-equal: final ``val/loss`` must agree within 1 % (measured: 0.02 % after 6
-  steps) and ``val/cell_acc`` within 0.05.
+  runs are not bit-equal. Both must have trained: each final ``val/loss`` moved from the
+  untrained model's (same seeded weights) by more than 10x their difference (measured: 4.2279
+  -> 4.2032 and 4.2038), they agree within 10 % of that move, ``val/cell_acc`` within 0.01.
 - validation metrics are synced across ranks: the DDP run's ``val/*`` (each rank saw half of
   the 8 validation examples, and decoded all of its half) equal a single-process validation of
   its last checkpoint (1e-5). 8 examples in batches of 3 make 3 batches for 2 ranks: evaluation
   splits a batch rather than repeating one, so no example is counted twice.
 - ``gridlm predict`` under DDP (each task predicted on one rank, rows gathered to rank 0) writes
   the same submission as one process.
+- the probe script (two ranks with different micro-batch counts) checks one gradient all-reduce
+  per step, and that ``train/loss_<role>`` pools both ranks' tokens.
 - only rank 0 writes: one CSV version folder, one ``metrics.csv``, one wandb (offline) run, one
   ``run_summary.json`` (the log folder is resolved on every rank, so the write cannot deadlock).
 """
