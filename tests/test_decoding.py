@@ -1,4 +1,7 @@
-"""Constrained greedy decoding: always a valid grid, KV cache equals full forward, every encoding."""
+"""Constrained greedy decoding: always a valid grid, KV cache equals full forward, every encoding;
+the decoded grid, its log-probability and the metadata fed back for every generated token equal
+what the serializer writes for that grid, cell by cell, under every order (through the public
+``generate_grids`` only, so these tests hold for any decoding engine)."""
 
 from __future__ import annotations
 
@@ -8,7 +11,7 @@ import torch
 
 from gridlm.datamodules.batching import collate
 from gridlm.datamodules.orders import ORDERS
-from gridlm.datamodules.serialize import serialize_example
+from gridlm.datamodules.serialize import parse_grid, serialize_example
 from gridlm.datamodules.tasks import Pair
 from gridlm.datamodules.tokens import OUTPUT
 from gridlm.modules.base_model import positions_of
@@ -54,6 +57,8 @@ def test_decoded_grid_always_parses_and_matches_its_tokens(order):
         assert 1 <= h <= 8 and 1 <= w <= 8
         assert d.n_tokens == 2 + h * w + 1
         assert d.logprob <= 0
+        parsed, reason = parse_grid(d.tokens, order)
+        assert reason is None and np.array_equal(parsed, d.grid)
 
 
 class PreferBig(torch.nn.Module):
