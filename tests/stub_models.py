@@ -56,12 +56,9 @@ class Teacher:
             self._answers[prompt] = block
         return self._answers[prompt]
 
-    def next_token(self, prefix: list[int]) -> int | None:
-        """The preferred token after ``prefix`` (PAD-free tokens from index 0), or None."""
-        outs = [i for i, t in enumerate(prefix) if t == OUTPUT]
-        return self._next(prefix, outs[-1] if outs else -1)
-
-    def _next(self, prefix: list[int], last_output: int) -> int | None:
+    def next_token(self, prefix: list[int], last_output: int) -> int | None:
+        """The preferred token after ``prefix`` (the PAD-free tokens from index 0, its last OUTPUT
+        marker at ``last_output``, -1 for none), or None."""
         if last_output < 0:
             return None
         block = self.answer_block(tuple(prefix[: last_output + 1]))
@@ -71,7 +68,8 @@ class Teacher:
     def logits(self, tokens: Tensor, positions: Positions, like: Tensor) -> Tensor:
         """Record the fed tokens, then ``(B, T, V)`` logits: ``margin`` on the preferred token."""
         out = torch.zeros_like(like)
-        fields = [f.tolist() if f is not None else None for f in (tokens, positions.row, positions.col, positions.grid, positions.height, positions.width)]
+        p = positions
+        fields = [None if f is None else f.tolist() for f in (tokens, p.row, p.col, p.grid, p.height, p.width)]  # each (B, T)
         pos = positions.pos.tolist()
         for b in range(tokens.shape[0]):
             seen = self.fed.setdefault(b, {})
@@ -84,7 +82,7 @@ class Teacher:
                 if i in seen and seen[i][0] != PAD:
                     prefix.append(seen[i][0])
                     last_output = len(prefix) - 1 if seen[i][0] == OUTPUT else last_output
-                if i in wanted and (nxt := self._next(prefix, last_output)) is not None:
+                if i in wanted and (nxt := self.next_token(prefix, last_output)) is not None:
                     out[b, wanted[i], nxt] = self.margin
         return out
 
