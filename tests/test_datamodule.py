@@ -233,10 +233,11 @@ def test_no_validation_output_in_any_augmented_training_sequence(tmp_path, case)
 
 
 def test_no_validation_output_in_the_synthetic_training_stream(tmp_path):
-    """The procedural source, through the public DataModule API only: two epochs of training
+    """The procedural stream, through the public DataModule API only: two epochs of training
     sequences hold no validation output of their own task (unless that grid is also one of the
     task's demonstrations), and no training sequence holds a validation (input, output) pair."""
-    dm = GridDataModule(source="synthetic", n_synthetic=12, synthetic_max_side=6, max_seq_len=1024, batch_size=4, augment=True)
+    dm = GridDataModule(source="synthetic", n_synthetic=12, synthetic_max_side=6, synthetic_epoch_size=48, max_seq_len=1024,
+                        batch_size=4, augment=True)  # fmt: skip
     dm.setup("fit")
     own: dict[str, set] = {}  # task id -> its scored outputs that are not among its demonstrations
     pairs = set()  # (input, output) of every scored pair
@@ -252,4 +253,4 @@ def test_no_validation_output_in_the_synthetic_training_stream(tmp_path):
         assert not own.get(meta["task_id"], set()) & set(keys), f"task {meta['task_id']}: a validation output is trained on"
         assert not pairs & set(zip(keys[::2], keys[1::2])), f"task {meta['task_id']}: a validation pair is trained on"
         n += 1
-    assert n >= 2 * 12
+    assert n >= 2 * 12, n

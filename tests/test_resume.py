@@ -110,10 +110,10 @@ def test_resume_mid_epoch_is_bit_exact(tmp_path):
 
 
 def test_small_resume_in_the_second_epoch_is_bit_exact(tmp_path):
-    """The fast suite's resume guard (the longer runs above and below are slow): 4 synthetic tasks
-    make 3 batches per epoch; resuming from step 4 (epoch 1, after its first batch) gives the
-    uninterrupted run's losses, weights and optimizer state bit for bit."""
-    extra = {"--data.n_synthetic": "4", "--trainer.val_check_interval": "6"}
+    """The fast suite's resume guard (the longer runs above and below are slow): a stream of 12
+    fresh synthetic tasks per epoch makes 3 batches; resuming from step 4 (epoch 1, after its
+    first batch) gives the uninterrupted run's losses, weights and optimizer state bit for bit."""
+    extra = {"--data.synthetic_epoch_size": "12", "--trainer.val_check_interval": "6"}
     a = cli_main(["fit", *flags(tmp_path / "a", 6, **extra)])
     ckpt = ckpt_dir(tmp_path / "a") / "step=4.ckpt"
     state = torch.load(ckpt, weights_only=True)["loops"]["fit_loop"]["state_dict"]["combined_loader"][0]
