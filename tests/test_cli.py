@@ -83,7 +83,7 @@ def test_validate_from_checkpoint_reproduces_end_of_fit_metrics(fitted, tmp_path
     ckpt = cli.trainer.checkpoint_callback.last_model_path
     val = cli_main(["validate", *tiny_flags(tmp_path), "--ckpt_path", ckpt])
     val_metrics = {k: float(v) for k, v in val.trainer.callback_metrics.items() if k.startswith("val/")}
-    assert set(fit_metrics) == {"val/loss", "val/cell_acc", "val/exact_match"}
+    assert set(fit_metrics) == {"val/loss", "val/cell_acc", "val/exact_match", "val/n_exact", "val/n_decoded"}
     for k, v in fit_metrics.items():
         assert val_metrics[k] == pytest.approx(v, abs=1e-5), k
 
