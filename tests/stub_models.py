@@ -65,14 +65,40 @@ class Teacher:
         k = len(prefix) - last_output - 1  # tokens of the output block already there
         return block[k] if block is not None and k < len(block) else None
 
+    def _finished(self, row: int) -> bool:
+        """Whether ``row`` has chosen its whole answer block (its last token, chosen from the
+        previous logits, is never fed): the rows a decoder drops when it compacts its batch."""
+        fed = sorted((i, v) for i, v in self.fed[row].items() if i <= self._last[row])  # not stale prompt padding
+        prefix = [v[0] for _, v in fed if v[0] != PAD]
+        outs = [i for i, t in enumerate(prefix) if t == OUTPUT]
+        block = self.answer_block(tuple(prefix[: outs[-1] + 1])) if outs else None
+        return block is not None and len(prefix) - outs[-1] >= len(block)
+
+    def _batch_rows(self, tokens: Tensor) -> list[int]:
+        """Batch index -> row. A prompt forward (several tokens) starts rows 0..B-1; a one-token
+        step with fewer rows than before follows a compaction, which keeps the unfinished rows
+        in their order (the engine drops finished rows mid-decode)."""
+        B, T = tokens.shape
+        if T > 1 or not getattr(self, "_rows", None):
+            self._rows = list(range(B))
+        elif B < len(self._rows):
+            live = [r for r in self._rows if not self._finished(r)]
+            if len(live) != B:
+                raise AssertionError(f"teacher: {B} rows after a compaction, but {len(live)} unfinished rows {live}")
+            self._rows = live
+        return self._rows
+
     def logits(self, tokens: Tensor, positions: Positions, like: Tensor) -> Tensor:
         """Record the fed tokens, then ``(B, T, V)`` logits: ``margin`` on the preferred token."""
         out = torch.zeros_like(like)
         p = positions
         fields = [None if f is None else f.tolist() for f in (tokens, p.row, p.col, p.grid, p.height, p.width)]  # each (B, T)
         pos = positions.pos.tolist()
+        rows = self._batch_rows(tokens)
+        self._last = getattr(self, "_last", {})
         for b in range(tokens.shape[0]):
-            seen = self.fed.setdefault(b, {})
+            self._last[rows[b]] = max(pos[b])  # the newest token fed (after a prompt forward: its padding too)
+            seen = self.fed.setdefault(rows[b], {})
             wanted = {}  # sequence index -> column of this call
             for t, i in enumerate(pos[b]):
                 seen[i] = tuple(None if f is None else f[b][t] for f in fields)

@@ -17,7 +17,7 @@ from gridlm.datamodules.tasks import Pair
 from gridlm.experiments.cli import cli_main, write_submission
 from gridlm.modules.base_model import AutoregressiveGridModel
 from gridlm.modules.decoding import Decoded
-from gridlm.modules.inference import DecodeEngine
+from gridlm.modules.inference import DecodeEngine, EngineConfig
 from gridlm.modules.transformer import Transformer, TransformerConfig
 from gridlm.modules.voting import VotingConfig, prompt_pairs, rank_candidates, vote
 from stub_models import Teacher, TeacherTransformer
@@ -228,8 +228,9 @@ def test_every_prompt_gets_its_own_votes_from_the_real_decoder():
     queries = [QUERY, (QUERY + 1) % 10, RNG.integers(0, 10, (4, 5))]
     prompts = [(CONTEXT, q) for q in queries]
     model = TeacherTransformer(Teacher(lambda q: q, "row_major"), max_seq_len=256)
-    for max_batch in (32, 3):
-        results = vote(model, prompts, "row_major", config=VotingConfig(n_votes=4, max_batch=max_batch))
+    for max_rows in (64, 3):  # all 12 augmented prompts in one engine batch, or chunks of 3
+        engine = DecodeEngine(EngineConfig(compile="never", max_rows=max_rows))
+        results = vote(model, prompts, "row_major", config=VotingConfig(n_votes=4), engine=engine)
         assert len(results) == 3
         for res, q in zip(results, queries):
             assert [c.votes for c in res.candidates] == [4]
