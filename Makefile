@@ -49,11 +49,12 @@ bench: setup
 learn: setup
 	$(PY) -m gridlm.experiments.learn $(LEARN_ARGS)
 
+# the site: mkdocs.yml; generated pages and pictures: experiments/docs_site.py
 docs: setup
-	$(BIN)/mkdocs build --strict --site-dir site
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
 
 docs-serve: setup
-	$(BIN)/mkdocs serve --strict
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve --strict
 
 dist: setup
 	rm -rf dist

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import re
+import resource
 import shlex
 import subprocess
 import sys
@@ -116,13 +117,19 @@ def test_marker_parsing(tmp_path):
         parse_marker("make: -j2", "x")
 
 
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("block", all_blocks(), ids=lambda b: b.id)
 def test_runnable_block(block, tmp_path):
     (tmp_path / "configs").symlink_to(REPO / "configs")  # the commands are written for the checkout root
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}", "WANDB_MODE": "offline"}
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), _children_cpu()
     out = subprocess.run(["bash", "-c", bash_script(block)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
-    took = time.perf_counter() - start
+    took, cpu = time.perf_counter() - start, _children_cpu() - cpu
+    print(f"docs/{block.id}: {took:.1f} s wall, {cpu:.1f} s CPU")
     report = f"docs/{block.id} ({took:.0f} s) exited with {out.returncode}\n--- block\n{block.script}\n--- output (tail)\n{(out.stdout + out.stderr)[-4000:]}"
     assert out.returncode == 0, report

@@ -88,8 +88,9 @@ def test_wheel_from_a_shallow_clone_installs_and_trains_outside_the_checkout(tmp
 
     The fresh environment sees this environment's installed packages (torch, lightning, ...)
     through one ``.pth`` line, as ``--system-site-packages`` would, so nothing is downloaded and
-    torch is not reinstalled; pip still checks the wheel's dependencies against them
-    (``--no-index``). gridlm itself comes only from the wheel (checked below)."""
+    torch is not reinstalled; pip (run in the fresh environment, installing into it) still checks
+    the wheel's dependencies against them (``--no-index``). gridlm itself comes only from the
+    wheel (checked below)."""
     if not (REPO / ".git").exists():
         pytest.skip("the checkout is not a git repository: there is no commit to build a release from")
     sha = _run(["git", "rev-parse", "HEAD"], REPO).stdout.strip()
@@ -110,7 +111,7 @@ def test_wheel_from_a_shallow_clone_installs_and_trains_outside_the_checkout(tmp
     assert "gridlm/modules/_version.py" in names
 
     venv = tmp_path / "venv"
-    _run([sys.executable, "-m", "venv", str(venv)], tmp_path)
+    _run([sys.executable, "-m", "venv", "--without-pip", str(venv)], tmp_path)  # pip, like torch, comes through the .pth
     bindir = venv / "bin"
     fresh_site = Path(_run([str(bindir / "python"), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], tmp_path).stdout.strip())
     (fresh_site / "_test_dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
