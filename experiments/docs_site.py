@@ -86,7 +86,9 @@ def cli_reference() -> str:
         "",
         "Generated when the site is built, from the parsers themselves (`gridlm ... --help`), so it",
         "always matches the installed version. Every option can also be set in a YAML config",
-        "(`--config`); `gridlm fit --print_config` prints the resolved one.",
+        "(`--config`, a file or the name of a packaged config such as `quickstart`);",
+        "`gridlm fit --print_config` prints the resolved one. `gridlm --version` prints the version,",
+        "the git commit, torch and lightning.",
         "",
     ]
     for title, argv in CLI_PAGES:
