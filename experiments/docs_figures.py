@@ -6,7 +6,9 @@
   encoding (``ENCODINGS``), how a reference cell relates to every other cell of its grid, computed
   by the encoding module itself on positions made by the real serializer;
 - :func:`token_table_markdown`: the token/metadata table of a small example, from
-  :func:`gridlm.datamodules.serialize.serialize_example`.
+  :func:`gridlm.datamodules.serialize.serialize_example`;
+- :func:`encoding_table_markdown`: every registered encoding with its slot, class and the
+  definition its docstring gives.
 
 A new order or encoding appears in the pictures without editing this file. The docs build calls
 these through ``gridlm.experiments.docs_site`` (the MkDocs hooks).
@@ -14,8 +16,10 @@ these through ``gridlm.experiments.docs_site`` (the MkDocs hooks).
 
 from __future__ import annotations
 
+import inspect
 import io
 import math
+import re
 
 import matplotlib
 
@@ -158,4 +162,19 @@ def token_table_markdown() -> str:
             f"| {i} | `{tok}` | {seq.row[i]} | {seq.col[i]} | {seq.grid[i]} | {seq.height[i]} | {seq.width[i]} "
             f"| {ROLE_NAMES[seq.role[i]]} | {int(seq.target_mask[i])} |"
         )
+    return "\n".join(lines)
+
+
+def encoding_table_markdown() -> str:
+    """Markdown table of ``ENCODINGS``: name, slot, class (linked to the API reference) and the
+    first paragraph of the class docstring (its definition), in registry order."""
+    lines = ["| name | slot | definition | class |", "|---|---|---|---|"]
+    for name, cls in ENCODINGS.items():
+        doc = (inspect.getdoc(cls) or "").split("\n\n")[0]
+        doc = " ".join(doc.split())  # one line
+        doc = re.sub(rf"^``{re.escape(name)}``:\s*", "", doc)  # the name is the first column
+        doc = re.sub(r":\w+:`~?([^`]+)`", r"``\1``", doc)  # Sphinx roles -> code
+        # a '|' outside a code span would split the table row (inside one, Markdown keeps it)
+        doc = "".join(part if part.startswith("``") else part.replace("|", "\\|") for part in re.split(r"(``.*?``)", doc))
+        lines.append(f"| `{name}` | {cls.slot} | {doc} | [`{cls.__name__}`][{cls.__module__}.{cls.__qualname__}] |")
     return "\n".join(lines)

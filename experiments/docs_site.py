@@ -10,7 +10,8 @@ The pages that would rot if written by hand are generated at build time, as in-m
   and ``gridlm.experiments``, so a new module is documented without editing anything;
 - ``changelog.md``: the repository's ``CHANGELOG.md``;
 - ``concepts/img/*.png``: the pictures of :mod:`gridlm.experiments.docs_figures`;
-- ``<!-- gridlm:token-table -->`` in a page becomes the serializer's token table.
+- ``<!-- gridlm:token-table -->`` and ``<!-- gridlm:encoding-table -->`` in a page become the
+  serializer's token table and the table of registered encodings.
 
 ``--strict`` turns every warning into a failure; :class:`StrictHints` adds one ``hint:`` line
 after the warnings whose fix is not obvious (a page missing from the nav, a link out of
@@ -52,7 +53,11 @@ CLI_PAGES = [
     ("gridlm-compare", ["gridlm-compare", "--help"]),
 ]
 
-TOKEN_TABLE = "<!-- gridlm:token-table -->"
+# placeholders in a page -> generated Markdown (gridlm.experiments.docs_figures)
+GENERATED_TABLES = {
+    "<!-- gridlm:token-table -->": "token_table_markdown",
+    "<!-- gridlm:encoding-table -->": "encoding_table_markdown",
+}
 
 
 def capture_help(argv: list[str], columns: int = 100) -> str:
@@ -221,8 +226,9 @@ def on_files(files, config, **kwargs):
 
 
 def on_page_markdown(markdown, page, config, files, **kwargs):
-    if TOKEN_TABLE in markdown:
-        from gridlm.experiments.docs_figures import token_table_markdown
+    for placeholder, function in GENERATED_TABLES.items():
+        if placeholder in markdown:
+            from gridlm.experiments import docs_figures
 
-        markdown = markdown.replace(TOKEN_TABLE, token_table_markdown())
+            markdown = markdown.replace(placeholder, getattr(docs_figures, function)())
     return markdown

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 
 import numpy as np
 import pytest
@@ -90,3 +91,14 @@ def test_strict_failures_get_a_hint(message, hint, caplog):
     hints = [r.getMessage() for r in caplog.records if r.name == docs_site.log.name]
     assert len(hints) == 1 and hint in hints[0], hints
     assert all(r.levelno == logging.INFO for r in caplog.records if r.name == docs_site.log.name)
+
+
+def test_encoding_table_has_one_row_of_four_cells_per_encoding():
+    markdown = pytest.importorskip("markdown")  # the docs extra (make setup installs it)
+    html = markdown.markdown(docs_figures.encoding_table_markdown(), extensions=["tables"])
+    rows = re.findall(r"<tr>(.*?)</tr>", html, re.S)[1:]
+    assert len(rows) == len(ENCODINGS)
+    for name, row in zip(ENCODINGS, rows):
+        cells = re.findall(r"<td>(.*?)</td>", row, re.S)
+        assert len(cells) == 4 and cells[0] == f"<code>{name}</code>", row  # a '|' in a formula splits no row
+    assert "(|row_i - row_j| + |col_i - col_j|)" in html
