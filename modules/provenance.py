@@ -25,21 +25,36 @@ def _built_version() -> tuple[str | None, str | None]:
     return _version.version, (commit[1:] if commit and commit.startswith("g") else commit)
 
 
+def _git(root: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=5)
+
+
+@functools.lru_cache(maxsize=1)
+def checkout_root() -> Path | None:
+    """The git checkout gridlm runs from (an editable install), or ``None`` for an installed
+    wheel (whose files may still sit inside some other repository)."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        top = _git(root, "rev-parse", "--show-toplevel")
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return root if top.returncode == 0 and Path(top.stdout.strip()).resolve() == root else None
+
+
 @functools.lru_cache(maxsize=1)
 def git_commit() -> str:
     """The commit of the source tree (with ``-dirty`` when it has uncommitted changes) when gridlm
     runs from a git checkout; an installed wheel reports the commit it was built from; else
     ``unknown``."""
-    root = Path(__file__).resolve().parent.parent
     built = _built_version()[1] or "unknown"
+    root = checkout_root()
+    if root is None:
+        return built
     try:
-        top = subprocess.run(["git", "rev-parse", "--show-toplevel"], cwd=root, capture_output=True, text=True, timeout=5)
-        if top.returncode != 0 or Path(top.stdout.strip()).resolve() != root:
-            return built  # not a checkout of gridlm (e.g. site-packages inside some other repository)
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5)
+        sha = _git(root, "rev-parse", "HEAD")
         if sha.returncode != 0:
             return built
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True, text=True, timeout=5)
+        dirty = _git(root, "status", "--porcelain", "--untracked-files=no")
         return sha.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
     except (OSError, subprocess.SubprocessError):
         return built
@@ -59,9 +74,12 @@ def package_versions() -> dict[str, str]:
 def version_report() -> str:
     """What ``gridlm --version`` prints: the gridlm version, the git commit, torch and lightning."""
     versions = package_versions()
+    root = checkout_root()
+    # an editable install keeps the version of its last `make setup`; the commit line is current
+    where = f" (editable install from {root})" if root is not None else ""
     return "\n".join(
         [
-            f"gridlm {versions['gridlm']}",
+            f"gridlm {versions['gridlm']}{where}",
             f"git commit {git_commit()}",
             f"torch {versions['torch']}",
             f"lightning {versions['lightning']}",

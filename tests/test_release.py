@@ -39,7 +39,7 @@ TINY_FIT = [
 def test_version_flag_prints_version_commit_torch_and_lightning(capsys):
     assert main(["--version"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0] == f"gridlm {metadata.version('gridlm')}"
+    assert lines[0] == f"gridlm {metadata.version('gridlm')} (editable install from {REPO})"
     Version(lines[0].split()[1])  # a valid PEP 440 version
     assert re.fullmatch(r"git commit [0-9a-f]{40}(-dirty)?", lines[1]), lines[1]  # this is a checkout
     assert f"torch {torch.__version__}" in lines and f"lightning {lightning.__version__}" in lines
