@@ -127,7 +127,7 @@ class Run:
     cpu: float  # user + system seconds of the block and every process it started
 
 
-def run_block(block: Block, folder: Path, timeout: float = 1200.0) -> Run:
+def run_block(block: Block, folder: Path, timeout: float = 1800.0) -> Run:
     """Run one block in ``folder`` (made to look like the checkout root); kill it after ``timeout``."""
     (folder / "configs").symlink_to(REPO / "configs")  # the commands are written for the checkout root
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}", "WANDB_MODE": "offline"}
