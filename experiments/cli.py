@@ -6,6 +6,10 @@ default; the refiner via ``model.class_path``). ``gridlm score`` and ``gridlm sh
 plain tools (``experiments/score.py``, ``experiments/show.py``). ``gridlm --version`` prints the
 version, the git commit, torch and lightning.
 
+``--ckpt_path pretrained:<name>`` (validate, test, predict) and ``--model.init_from
+pretrained:<name>`` (fit) name weights shipped inside the package
+(``gridlm.modules.checkpoints.resolve_checkpoint``).
+
 User errors (a bad task file, a bad option value, a missing checkpoint) end with one line
 ``gridlm: error: ...`` and exit code 2; set ``GRIDLM_DEBUG=1`` for the traceback.
 """
@@ -50,6 +54,7 @@ from gridlm.callbacks.wandb_tracking import GridWandbLogger, WandbMode, WandbTra
 from gridlm.datamodules.datamodule import GridDataModule
 from gridlm.experiments.cli_errors import GridArgumentParser
 from gridlm.modules.base_model import NonFiniteLossError
+from gridlm.modules.checkpoints import PRETRAINED_PREFIX, resolve_checkpoint
 
 DEFAULT_MODEL = "gridlm.modules.base_model.AutoregressiveGridModel"
 DEFAULT_OPTIMIZER = {
@@ -169,6 +174,8 @@ class GridLightningCLI(LightningCLI):
     def before_fit(self) -> None:
         self.model.resolved_config = self._resolved_config()
         self._check_ckpt_path()
+        # an unknown pretrained name or a missing file fails now, before any data is loaded
+        resolve_checkpoint(getattr(self.model, "init_from", None), "--model.init_from")
 
     def before_validate(self) -> None:
         self._check_ckpt_path()
@@ -208,6 +215,13 @@ class GridLightningCLI(LightningCLI):
         Serialization options are checked against the checkpoint later (``check_serialization``)."""
         sub = self.config.get("subcommand")
         path = self.config[sub].get("ckpt_path") if sub else None
+        if isinstance(path, str) and path.startswith(PRETRAINED_PREFIX):
+            if sub == "fit":
+                raise ValueError(
+                    f"fit --ckpt_path {path}: shipped weights are a starting point, not a run to resume; "
+                    f"fine-tune from them with --model.init_from {path}"
+                )
+            path = self.config[sub]["ckpt_path"] = resolve_checkpoint(path)
         user_set: dict = {}
         if path is not None and path not in ("last", "best", "hpc") and "://" not in str(path):
             saved = read_checkpoint(path).get("hyper_parameters") or {}

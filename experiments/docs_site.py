@@ -53,6 +53,9 @@ CLI_PAGES = [
     ("gridlm-compare", ["gridlm-compare", "--help"]),
 ]
 
+# pages that a make target writes: left out of the nav (with an INFO line) until they exist
+OPTIONAL_PAGES = {"learning.md": "make learn"}
+
 # placeholders in a page -> generated Markdown (gridlm.experiments.docs_figures)
 GENERATED_TABLES = {
     "<!-- gridlm:token-table -->": "token_table_markdown",
@@ -205,11 +208,28 @@ def on_startup(command, dirty, **kwargs):
     link_api_sources(Path(__file__).resolve().parent.parent)
 
 
+def drop_missing_optional_pages(nav: list, docs_dir: Path) -> list:
+    """``nav`` without the entries of ``OPTIONAL_PAGES`` whose file is not under ``docs_dir``."""
+    out = []
+    for item in nav:
+        if isinstance(item, dict):
+            (title, value), = item.items()
+            if isinstance(value, list):
+                item = {title: drop_missing_optional_pages(value, docs_dir)}
+            elif value in OPTIONAL_PAGES and not (docs_dir / value).is_file():
+                log.info("docs/%s is not there yet (%s writes it): left out of the nav", value, OPTIONAL_PAGES[value])
+                continue
+        out.append(item)
+    return out
+
+
 def on_config(config, **kwargs):
     root = logging.getLogger("mkdocs")
     if not any(isinstance(h, StrictHints) for h in root.handlers):
         root.addHandler(StrictHints())
     link_api_sources(Path(config["config_file_path"]).resolve().parent)
+    if config.get("nav"):
+        config["nav"] = drop_missing_optional_pages(config["nav"], Path(config["docs_dir"]))
     return config
 
 

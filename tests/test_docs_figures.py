@@ -102,3 +102,10 @@ def test_encoding_table_has_one_row_of_four_cells_per_encoding():
         cells = re.findall(r"<td>(.*?)</td>", row, re.S)
         assert len(cells) == 4 and cells[0] == f"<code>{name}</code>", row  # a '|' in a formula splits no row
     assert "(|row_i - row_j| + |col_i - col_j|)" in html
+
+
+def test_a_page_a_make_target_writes_leaves_the_nav_until_it_exists(tmp_path):
+    nav = [{"Home": "index.md"}, {"Results": [{"Learning": "learning.md"}, {"Benchmarks": "benchmarks.md"}]}]
+    assert docs_site.drop_missing_optional_pages(nav, tmp_path) == [{"Home": "index.md"}, {"Results": [{"Benchmarks": "benchmarks.md"}]}]
+    (tmp_path / "learning.md").write_text("# Learning\n")
+    assert docs_site.drop_missing_optional_pages(nav, tmp_path) == nav

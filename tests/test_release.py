@@ -55,7 +55,8 @@ def test_every_config_folder_ships_as_a_package():
     """A folder under configs/ that is not listed in [tool.setuptools] packages is a data folder
     setuptools warns about (and will stop shipping)."""
     packages = set(PYPROJECT["tool"]["setuptools"]["packages"])
-    folders = {p.parent.relative_to(REPO / "configs") for p in (REPO / "configs").rglob("*.yaml")}
+    files = [p for p in (REPO / "configs").rglob("*") if p.suffix in (".yaml", ".json", ".ckpt")]
+    folders = {p.parent.relative_to(REPO / "configs") for p in files}
     missing = sorted(".".join(("gridlm", "configs", *f.parts)) for f in folders if ".".join(("gridlm", "configs", *f.parts)) not in packages)
     assert missing == [], f"add {missing} to [tool.setuptools] packages in pyproject.toml"
 
@@ -109,6 +110,9 @@ def test_wheel_from_a_shallow_clone_installs_and_trains_outside_the_checkout(tmp
     missing = [c for c in packaged_configs() if f"gridlm/configs/{c}.yaml" not in names]
     assert missing == [], f"configs missing from the wheel: {missing}"
     assert "gridlm/modules/_version.py" in names
+    shipped = _run(["git", "ls-files", "configs/pretrained"], src).stdout.split()  # model cards, and weights once trained
+    assert "configs/pretrained/quickstart.json" in shipped
+    assert [f for f in shipped if "gridlm/" + f not in names] == [], "pretrained files missing from the wheel"
 
     venv = tmp_path / "venv"
     _run([sys.executable, "-m", "venv", "--without-pip", str(venv)], tmp_path)  # pip, like torch, comes through the .pth
