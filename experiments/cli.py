@@ -212,7 +212,9 @@ class GridLightningCLI(LightningCLI):
         them; afterwards put back the other options the user set (``n_votes``, ``ttt_steps``,
         ``n_generate``, ``n_passes``, ...): they choose how the weights are used, and the
         checkpoint's values silently replaced them (``predict --model.n_votes 8`` decoded greedily).
-        Serialization options are checked against the checkpoint later (``check_serialization``)."""
+        Serialization options are checked against the checkpoint later (``check_serialization``).
+        ``pretrained:<name>`` becomes the shipped file's path; ``data.max_seq_len`` left at its
+        default takes the checkpoint's (a model's position tables are sized by it)."""
         sub = self.config.get("subcommand")
         path = self.config[sub].get("ckpt_path") if sub else None
         if isinstance(path, str) and path.startswith(PRETRAINED_PREFIX):
@@ -225,6 +227,10 @@ class GridLightningCLI(LightningCLI):
         user_set: dict = {}
         if path is not None and path not in ("last", "best", "hpc") and "://" not in str(path):
             saved = read_checkpoint(path).get("hyper_parameters") or {}
+            data = self.config[sub].get("data")
+            data_default = _init_defaults(f"{GridDataModule.__module__}.{GridDataModule.__name__}").get("max_seq_len")
+            if data is not None and "max_seq_len" in saved and data.get("max_seq_len") == data_default:
+                data["max_seq_len"] = saved["max_seq_len"]  # unset: the checkpoint's (its position tables' size)
             model = self.config[sub].get("model")
             if saved and model is not None and model.get("class_path"):
                 requested = dict(vars(model.get("init_args") or {}))

@@ -79,6 +79,15 @@ def test_validate_and_predict_take_a_pretrained_name(tiny_run, shelf, tmp_path):
     assert len(json.loads(out.read_text())) == 12  # every synthetic task of tiny_flags
 
 
+def test_predict_from_a_pretrained_name_needs_no_config(shelf, tmp_path):
+    """The first command of a new user: no --config, no model flags (the issue's 'done when')."""
+    out = tmp_path / "s.json"
+    argv = ["predict", "--ckpt_path", "pretrained:tiny", "--data.source", "synthetic", "--data.n_synthetic", "3",
+            "--data.synthetic_max_side", "4", "--wandb_mode", "disabled", "--trainer.default_root_dir", str(tmp_path / "runs"),
+            "--trainer.enable_progress_bar", "false", "--out", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    assert len(json.loads(out.read_text())) == 3
+
 def test_fit_init_from_takes_the_weights_but_not_the_optimizer_or_the_step(tiny_run, shelf, tmp_path):
     # SGD with learning rate 0 leaves the weights where they started: the saved weights are the
     # initial ones. Restoring the optimizer would fail (the tiny run used AdamWScheduleFree), and
@@ -136,6 +145,15 @@ def test_load_weights_copies_a_checkpoint_into_a_model(tiny_run):
         load_weights(other, str(tiny_run))
 
 
+def test_the_refiner_takes_a_pretrained_base_model(tiny_run, shelf):
+    from gridlm.modules.refiner import load_base_model
+
+    base = load_base_model("pretrained:tiny", "row_major", False)
+    assert all(torch.equal(base.state_dict()[k], v) for k, v in _state(tiny_run).items())
+    with pytest.raises(ValueError, match="model.base_checkpoint pretrained:nope: no shipped weights named 'nope'"):
+        load_base_model("pretrained:nope", "row_major", False)
+
+
 # ---------------------------------------------------------------- the shipped weights
 SHIPPED = pretrained_names()
 
@@ -161,3 +179,4 @@ def test_shipped_weights_load_safely_and_reproduce_their_card(name):
     assert card.get("figure"), f"{name}.json has no measured figure: python -m gridlm.experiments.pretrained pack ..."
     measured = pretrained.measure(f"pretrained:{name}", card["subset"])
     assert pretrained.compare(card, measured) == []
+
