@@ -47,7 +47,7 @@ from gridlm.datamodules.drafts import CORRUPTIONS, CorruptionName, cells_to_grid
 from gridlm.datamodules.orders import OrderName
 from gridlm.datamodules.serialize import grid_token_count
 from gridlm.datamodules.tokens import N_COLOURS, VOCAB_SIZE
-from gridlm.modules.checkpoints import model_from_checkpoint, read_checkpoint
+from gridlm.modules.checkpoints import model_from_checkpoint, read_checkpoint, resolve_checkpoint
 from gridlm.modules.base_model import AutoregressiveGridModel, OptimizerFactory, default_optimizer, param_groups
 from gridlm.modules.encodings import Positions
 from gridlm.modules.encodings.registry import EncodingName
@@ -59,7 +59,9 @@ Grid = Optional[np.ndarray]
 
 def load_base_model(path: str, order: str, row_end: bool) -> AutoregressiveGridModel:
     """A frozen base model (eval mode, no gradients) from a Lightning checkpoint of
-    ``AutoregressiveGridModel``; its serialization must match the refiner's data."""
+    ``AutoregressiveGridModel`` (a path, or ``pretrained:<name>`` for shipped weights); its
+    serialization must match the refiner's data."""
+    path = resolve_checkpoint(path, "model.base_checkpoint")
     if not Path(path).is_file():
         raise FileNotFoundError(f"model.base_checkpoint: no such file {path}")
     try:
