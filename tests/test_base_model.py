@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
+from gridlm.datamodules.batching import collate
 from gridlm.datamodules.datamodule import GridDataModule
+from gridlm.datamodules.serialize import serialize_example
+from gridlm.datamodules.tasks import Pair
 from gridlm.datamodules.tokens import ROLE_TEST_OUTPUT
 from gridlm.modules.base_model import AutoregressiveGridModel, positions_of
+from stub_models import Teacher, TeacherTransformer, colourful
 
 
 @pytest.fixture(scope="module")
@@ -92,3 +97,28 @@ def test_by_default_every_validation_example_is_decoded_and_counted(val_batches)
 def test_n_generate_must_be_a_count_or_null():
     with pytest.raises(ValueError, match="model.n_generate must be >= 0 or null"):
         AutoregressiveGridModel(max_seq_len=256, d_model=16, n_layers=1, n_heads=2, n_generate=-1)
+
+
+def test_decode_batch_gives_every_row_its_own_decode():
+    """Rows with different prompts (two prompt lengths, padded, one prompt-only) decoded by a
+    teacher that answers each query input with its own grid: every row gets its own answer, in
+    the order of ``rows``."""
+    rng = np.random.default_rng(3)
+    demos = [Pair(rng.integers(0, 10, (3, 4)), rng.integers(0, 10, (2, 3))) for _ in range(2)]
+    queries = [np.full((3, 3), q) for q in range(5)]
+    answers = [colourful(2 + q % 3, 3 + q % 2, shift=q) for q in range(5)]
+    lookup = {q.tobytes(): a for q, a in zip(queries, answers)}
+    seqs = [
+        serialize_example(demos[: 1 + q % 2], Pair(query, None if q == 4 else answer), prompt_only=q == 4)
+        for q, (query, answer) in enumerate(zip(queries, answers))
+    ]
+    batch = collate(seqs)
+    assert len({len(s) for s in seqs}) > 2, "precondition: rows of different lengths, padded"
+    model = AutoregressiveGridModel(max_seq_len=512, d_model=16, n_layers=1, n_heads=2).eval()
+    model.model = TeacherTransformer(Teacher(lambda q: lookup.get(q.tobytes()), "row_major"), max_seq_len=512)
+    for rows in (None, [4, 1, 3], [2]):
+        decoded = model.decode_batch(batch, rows)
+        want = range(5) if rows is None else rows
+        assert len(decoded) == len(want)
+        for r, d in zip(want, decoded):
+            np.testing.assert_array_equal(d.grid, answers[r], err_msg=f"row {r} of rows={rows}")

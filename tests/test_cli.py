@@ -83,7 +83,7 @@ def test_validate_from_checkpoint_reproduces_end_of_fit_metrics(fitted, tmp_path
     ckpt = cli.trainer.checkpoint_callback.last_model_path
     val = cli_main(["validate", *tiny_flags(tmp_path), "--ckpt_path", ckpt])
     val_metrics = {k: float(v) for k, v in val.trainer.callback_metrics.items() if k.startswith("val/")}
-    assert set(fit_metrics) == {"val/loss", "val/cell_acc", "val/exact_match"}
+    assert set(fit_metrics) == {"val/loss", "val/cell_acc", "val/exact_match", "val/n_exact", "val/n_decoded"}
     for k, v in fit_metrics.items():
         assert val_metrics[k] == pytest.approx(v, abs=1e-5), k
 
@@ -158,6 +158,62 @@ def test_predict_writes_an_arc_submission(fitted, tmp_path):
             assert all(isinstance(r, list) and all(0 <= c <= 9 for c in r) for r in e["attempt_1"])
 
 
+def predict_tasks(folder: Path) -> dict[str, list]:
+    """Four tasks with 1, 2, 3 and 2 test inputs, written as ARC JSON. The test inputs of a task
+    differ but share a shape, so their prompts have one length and are decoded as one batch."""
+    import numpy as np
+
+    rng = np.random.default_rng(5)
+    shape = lambda: (int(rng.integers(2, 5)), int(rng.integers(2, 6)))  # noqa: E731
+    folder.mkdir()
+    tests = {}
+    for tid, n in (("t1", 1), ("t2", 2), ("t3", 3), ("t4", 2)):
+        demos = [{"input": rng.integers(0, 10, shape()).tolist(), "output": rng.integers(0, 10, shape()).tolist()} for _ in range(2)]
+        test_shape = shape()
+        task = {"train": demos, "test": [{"input": rng.integers(0, 10, test_shape).tolist()} for _ in range(n)]}
+        (folder / f"{tid}.json").write_text(json.dumps(task))
+        tests[tid] = task
+    return tests
+
+
+@pytest.mark.parametrize("n_votes", [1, 2], ids=["greedy", "voting"])
+def test_predict_writes_each_test_inputs_own_decode(fitted, tmp_path, monkeypatch, n_votes):
+    """``gridlm predict`` end to end, with a teacher network that answers every test input x with
+    (x.T + 1) % 10: every task gets one entry per test input, in order, and each entry holds that
+    input's own decode. Greedy: attempt_2 repeats attempt_1. Voting (2 votes): the answer is not
+    invariant to colour permutations, so the two votes disagree and the attempts are exactly those
+    of ``vote`` on that test input alone."""
+    import numpy as np
+
+    from gridlm.datamodules.tasks import Pair
+    from gridlm.modules.transformer import Transformer, TransformerConfig
+    from gridlm.modules.voting import VotingConfig, vote
+    from stub_models import Teacher, install_teacher
+
+    rule = lambda x: (x.T + 1) % 10  # noqa: E731
+    install_teacher(monkeypatch, Teacher(rule, "row_major"))
+    tasks = predict_tasks(tmp_path / "tasks")
+    out = tmp_path / "sub.json"
+    ckpt = fitted[0].trainer.checkpoint_callback.last_model_path
+    flags = tiny_flags(tmp_path, **{"--data.predict_source": str(tmp_path / "tasks"), "--model.n_votes": str(n_votes)})
+    assert main(["predict", *flags, "--ckpt_path", ckpt, "--out", str(out)]) == 0
+    sub = json.loads(out.read_text())
+    assert sorted(sub) == sorted(tasks)
+    probe = Transformer(TransformerConfig(max_seq_len=512, d_model=16, n_layers=1, n_heads=2)).eval()  # answers as the teacher
+    for tid, task in tasks.items():
+        assert len(sub[tid]) == len(task["test"]), tid
+        demos = [Pair(np.array(p["input"]), np.array(p["output"])) for p in task["train"]]
+        for i, (entry, test) in enumerate(zip(sub[tid], task["test"])):
+            x = np.array(test["input"])
+            if n_votes == 1:
+                assert entry == {"attempt_1": rule(x).tolist(), "attempt_2": rule(x).tolist()}, (tid, i)
+            else:
+                (res,) = vote(probe, [(demos, x)], "row_major", config=VotingConfig(n_votes=2))
+                want = [g.tolist() for g in res.attempts(2)]
+                assert len(want) == 2 and rule(x).tolist() in want, "precondition: the votes disagree"
+                assert [entry["attempt_1"], entry["attempt_2"]] == want, (tid, i)
+
+
 def test_broken_task_file_stops_with_one_line(tmp_path, capsys):
     folder = tmp_path / "tasks"
     folder.mkdir()
@@ -186,9 +242,15 @@ def _order_names():
 
 @pytest.mark.parametrize("encoding", _encoding_names())
 def test_fit_trains_with_every_encoding(encoding, tmp_path):
-    cli = cli_main(["fit", *tiny_flags(tmp_path, steps=2), "--model.encoding", encoding])
+    """Four steps on one fixed batch (the leave-one-out examples of 2 fixed synthetic tasks, no
+    augmentation, no warmup): the training loss falls at every step."""
+    flags = {"--data.source": "synthetic_fixed", "--data.n_synthetic": "2", "--data.augment": "false", "--data.batch_size": "8",
+             "--model.optimizer.warmup_steps": "1"}  # fmt: skip
+    cli = cli_main(["fit", *tiny_flags(tmp_path, steps=4, **flags), "--model.encoding", encoding])
+    assert len(cli.datamodule.datasets["train"]) <= 8, "precondition: one batch, the same every step"
     losses = read_metrics(cli.trainer.log_dir)["train/loss"]
-    assert len(losses) == 2 and all(l == l and l > 0 for l in losses)  # finite, positive
+    assert len(losses) == 4 and all(b < a for a, b in zip(losses, losses[1:])), losses
+    assert losses[0] - losses[-1] > 0.05, losses
 
 
 @pytest.mark.parametrize("order", _order_names())

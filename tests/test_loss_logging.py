@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -92,6 +93,82 @@ def test_a_skipped_step_does_not_count_its_stale_losses_twice():
     assert "train/loss_test_output" not in stub.logged  # no new supervised tokens since the last log
     assert stub.logged["train/tokens_seen"] == 12  # but the batch's tokens were processed
     assert cb._ema_steps == 1
+
+
+class TwoRanks:
+    """``strategy.reduce(t, reduce_op="sum")`` between two threads, as DDP all-reduces between two
+    processes: each rank blocks until the other sends its tensor (a rank that skips the
+    collective makes the other time out, as a DDP hang would)."""
+
+    def __init__(self):
+        self.barrier, self.sent = threading.Barrier(2, timeout=20), [None, None]
+
+    def reduce(self, rank: int):
+        def reduce(t, reduce_op):
+            assert reduce_op == "sum"
+            self.sent[rank] = t.clone()
+            self.barrier.wait()
+            total = self.sent[0] + self.sent[1]
+            self.barrier.wait()
+            return total
+
+        return reduce
+
+
+def two_ranks_log(per_rank: list[list[tuple]]) -> list[dict]:
+    """Two ranks (threads) run the per-batch hooks over their batches ``(losses, roles, lengths)``
+    (``losses`` None: no supervised token, the module's ``_last_losses`` stays unset), one
+    logging interval; returns what each logged."""
+    ranks, logged, errors = TwoRanks(), [None, None], []
+
+    def run(rank: int) -> None:
+        try:
+            stub, cb = _Stub(), LossLogging(every_n_steps=len(per_rank[rank]))
+            stub.trainer.strategy = SimpleNamespace(reduce=ranks.reduce(rank))
+            cb.setup(stub.trainer, stub.module, "fit")
+            cb.on_fit_start(stub.trainer, stub.module)
+            for i, (losses, roles, lengths) in enumerate(per_rank[rank]):
+                if losses is not None:
+                    stub.batch(cb, losses, roles, lengths, idx=i)
+                else:
+                    stub.loop.total_batch_idx = i
+                    batch = {"lengths": torch.tensor(lengths), "tokens": torch.zeros(len(lengths), 8, dtype=torch.long)}
+                    cb.on_train_batch_end(stub.trainer, stub.module, None, batch, i)
+            logged[rank] = dict(stub.logged)
+        except Exception as e:  # noqa: BLE001 - re-raised by the main thread
+            errors.append(e)
+
+    threads = [threading.Thread(target=run, args=(r,)) for r in range(2)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(30)
+    assert not errors, errors
+    return logged
+
+
+def test_per_role_losses_and_tokens_are_pooled_over_ranks():
+    """Under DDP train/loss_<role> is the mean over both ranks' tokens of that role (rank 0's
+    value is the one written), also when a rank has no token of a role in the interval."""
+    d, t = ROLE_DEMO_OUTPUT, ROLE_TEST_OUTPUT
+    logged = two_ranks_log([
+        [([1.0, 2.0, 4.0], [d, d, t], (5, 3)), ([3.0], [d], (4,))],
+        [([10.0, 20.0], [t, t], (6,)), ([6.0, 9.0], [t, d], (2, 2))],
+    ])  # fmt: skip
+    for got in logged:
+        assert got["train/loss_demo_output"] == pytest.approx((1 + 2 + 3 + 9) / 4)
+        assert got["train/loss_test_output"] == pytest.approx((4 + 10 + 20 + 6) / 4)
+        assert got["train/tokens_seen"] == 5 + 3 + 4 + 6 + 2 + 2
+
+
+def test_a_rank_without_supervised_tokens_still_takes_part_in_the_reduction():
+    """Rank 1 saw no supervised token in the interval: it must still send (zeros), or rank 0
+    would wait for it forever; both log rank 0's per-role means and every rank's tokens."""
+    d, t = ROLE_DEMO_OUTPUT, ROLE_TEST_OUTPUT
+    logged = two_ranks_log([[([1.0, 3.0, 4.0], [d, d, t], (5, 3))], [(None, None, (7,))]])
+    for got in logged:
+        assert (got["train/loss_demo_output"], got["train/loss_test_output"]) == pytest.approx((2.0, 4.0))
+        assert got["train/tokens_seen"] == 5 + 3 + 7
 
 
 def test_lr_scheduler_option_is_stepped_and_logged(tmp_path):

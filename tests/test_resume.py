@@ -109,6 +109,25 @@ def test_resume_mid_epoch_is_bit_exact(tmp_path):
     assert all(torch.equal(za[i]["z"], zb[i]["z"]) for i in za)
 
 
+def test_small_resume_in_the_second_epoch_is_bit_exact(tmp_path):
+    """The fast suite's resume guard (the longer runs above and below are slow): a stream of 12
+    fresh synthetic tasks per epoch makes 3 batches; resuming from step 4 (epoch 1, after its
+    first batch) gives the uninterrupted run's losses, weights and optimizer state bit for bit."""
+    extra = {"--data.synthetic_epoch_size": "12", "--trainer.val_check_interval": "6"}
+    a = cli_main(["fit", *flags(tmp_path / "a", 6, **extra)])
+    ckpt = ckpt_dir(tmp_path / "a") / "step=4.ckpt"
+    state = torch.load(ckpt, weights_only=True)["loops"]["fit_loop"]["state_dict"]["combined_loader"][0]
+    assert (state["epoch"], state["batches_done"], state["n_batches"]) == (1, 1, 3)
+    b = cli_main(["fit", *flags(tmp_path / "b", 6, **extra), "--ckpt_path", str(ckpt)])
+    la, lb = step_losses(a.trainer.log_dir), step_losses(b.trainer.log_dir)
+    assert sorted(lb) == [4, 5] and {s: la[s] for s in lb} == lb  # exact float equality
+    fa, fb = (torch.load(ckpt_dir(tmp_path / r) / "step=6.ckpt", weights_only=True) for r in ("a", "b"))
+    for k, v in fa["state_dict"].items():
+        assert torch.equal(v, fb["state_dict"][k]), k
+    za, zb = fa["optimizer_states"][0]["state"], fb["optimizer_states"][0]["state"]
+    assert za.keys() == zb.keys() and all(torch.equal(za[i]["z"], zb[i]["z"]) for i in za)
+
+
 # ---------------------------------------------------------------- kill -9 and resume
 def _fit_process(root: Path, steps: int, *extra: str, **popen) -> subprocess.Popen:
     env = {**os.environ, "WANDB_MODE": "disabled", "GRIDLM_DEBUG": ""}

@@ -91,8 +91,24 @@ def test_malformed_file_is_rejected_with_one_line(tmp_path, content, fragment):
     assert fragment in message, message
 
 
-def test_there_are_at_least_18_distinct_defects():
-    assert len({m[0] for m in MALFORMED}) == len(MALFORMED) >= 18
+def test_the_directory_loader_skips_each_defect_with_its_own_message(tmp_path, caplog):
+    """Every malformed file above in one directory, loaded in skip mode: each is skipped (a
+    TaskFormatError, not a crash of the loader) with one warning naming its file and its defect,
+    the defects read differently (at least 18 kinds), and the valid task beside them loads."""
+    for name, content, _ in MALFORMED:
+        write(tmp_path / f"{name}.json", content)
+    write(tmp_path / "zz_good.json", good_task())
+    with warnings.catch_warnings(record=True) as caught, caplog.at_level(logging.WARNING, logger="gridlm"):
+        warnings.simplefilter("always")
+        tasks = load_json_dir(tmp_path, on_invalid="skip")
+    assert [t.task_id for t in tasks] == ["zz_good"]
+    lines = [str(w.message) for w in caught if issubclass(w.category, TaskFormatWarning)]
+    by_file = {line.split(": ", 1)[0]: line.split(": ", 1)[1] for line in lines}
+    assert len(lines) == len(by_file) == len(MALFORMED)
+    for name, _, fragment in MALFORMED:
+        assert fragment in by_file[str(tmp_path / f"{name}.json")], name
+    assert len(set(by_file.values())) == len(MALFORMED) >= 18
+    assert f"skipped {len(MALFORMED)} of {len(MALFORMED) + 1} task files in {tmp_path} (invalid)" in caplog.messages
 
 
 def test_unreadable_file_is_a_task_format_error(tmp_path):

@@ -17,9 +17,10 @@ from gridlm.datamodules.tasks import Pair
 from gridlm.experiments.cli import cli_main, write_submission
 from gridlm.modules.base_model import AutoregressiveGridModel
 from gridlm.modules.decoding import Decoded
-from gridlm.modules.inference import DecodeEngine
+from gridlm.modules.inference import DecodeEngine, EngineConfig
 from gridlm.modules.transformer import Transformer, TransformerConfig
 from gridlm.modules.voting import VotingConfig, prompt_pairs, rank_candidates, vote
+from stub_models import Teacher, TeacherTransformer
 from test_cli import read_metrics, tiny_flags
 
 RNG = np.random.default_rng(7)
@@ -218,3 +219,19 @@ def test_score_max_tasks_scores_the_first_tasks_only(tmp_path, capsys):
     assert "(1.0 / 3 tasks" in capsys.readouterr().out
     assert score_main(["--submission", str(sub), "--source", str(root), "--max-tasks", "0"]) == 2
     assert "--max-tasks must be >= 1" in capsys.readouterr().err
+
+
+def test_every_prompt_gets_its_own_votes_from_the_real_decoder():
+    """The real decoder behind a teacher that copies the (augmented) query input, which every
+    augmentation maps back to the query: each prompt (two of one length, one longer) wins with
+    its own query input under all its votes, whatever the batching."""
+    queries = [QUERY, (QUERY + 1) % 10, RNG.integers(0, 10, (4, 5))]
+    prompts = [(CONTEXT, q) for q in queries]
+    model = TeacherTransformer(Teacher(lambda q: q, "row_major"), max_seq_len=256)
+    for max_rows in (64, 3):  # all 12 augmented prompts in one engine batch, or chunks of 3
+        engine = DecodeEngine(EngineConfig(compile="never", max_rows=max_rows))
+        results = vote(model, prompts, "row_major", config=VotingConfig(n_votes=4), engine=engine)
+        assert len(results) == 3
+        for res, q in zip(results, queries):
+            assert [c.votes for c in res.candidates] == [4]
+            np.testing.assert_array_equal(res.attempts()[0], q)

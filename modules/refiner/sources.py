@@ -31,7 +31,7 @@ from torch import Tensor
 from gridlm.datamodules.augment import IDENTITY
 from gridlm.datamodules.drafts import corrupt
 from gridlm.modules.base_model import AutoregressiveGridModel
-from gridlm.modules.checkpoints import model_from_checkpoint, read_checkpoint
+from gridlm.modules.checkpoints import model_from_checkpoint, read_checkpoint, resolve_checkpoint
 
 Grid = Optional[np.ndarray]
 DraftSource = Literal["base", "corrupt", "empty"]
@@ -40,7 +40,9 @@ DRAFT_SOURCES: tuple[str, ...] = ("base", "corrupt", "empty")
 
 def load_base_model(path: str, order: str, row_end: bool) -> AutoregressiveGridModel:
     """A frozen base model (eval mode, no gradients) from a Lightning checkpoint of
-    ``AutoregressiveGridModel``; its serialization must match the refiner's data."""
+    ``AutoregressiveGridModel`` (a path, or ``pretrained:<name>`` for shipped weights); its
+    serialization must match the refiner's data."""
+    path = resolve_checkpoint(path, "model.base_checkpoint")
     if not Path(path).is_file():
         raise FileNotFoundError(f"model.base_checkpoint: no such file {path}")
     try:
