@@ -218,10 +218,13 @@ class GridLightningCLI(LightningCLI):
     def before_test(self) -> None:
         self._check_ckpt_path()
 
+    def before_instantiate_classes(self) -> None:
+        if self.subcommand == "predict":  # before any folder, model, data or decoding
+            out = (self.config["predict"].get("submission") or {}).get("out")
+            if out:
+                check_destination(out)
+
     def before_predict(self) -> None:
-        out = getattr(self.config_init[self.subcommand].get("submission"), "out", None)
-        if out:  # before the checkpoint and the data are read, long before any decoding
-            check_destination(out)
         self._check_ckpt_path()
 
     def _run_subcommand(self, subcommand: str) -> None:
@@ -324,13 +327,16 @@ def run_folder_of(ckpt_path: Optional[str]) -> Optional[Path]:
 
 def eval_folder(run: Path, stage: str, latest: bool = False) -> str:
     """Where ``gridlm <stage>`` of a run's checkpoint writes inside the run folder: ``<stage>``, or
-    ``<stage>_1``, ``<stage>_2``, ... when earlier ones exist (nothing is overwritten).
+    ``<stage>_1``, ``<stage>_2``, ... when earlier ones hold files (nothing is overwritten; an
+    empty one, left by a run that stopped at an error, is reused).
     ``latest``: the newest existing one (a DDP child joins the folder rank 0 made)."""
     def name(k: int) -> str:
         return stage if k == 0 else f"{stage}_{k}"
 
     k = 0
     while (run / name(k)).exists():
+        if not latest and not any((run / name(k)).iterdir()):
+            return name(k)
         k += 1
     return name(max(0, k - 1) if latest else k)
 

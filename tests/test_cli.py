@@ -248,6 +248,9 @@ def test_eval_folders_never_overwrite_and_a_ddp_child_joins_rank_zeros(tmp_path)
     assert eval_folder(tmp_path, "validate", latest=True) == "validate"
     (tmp_path / "validate").mkdir()
     (tmp_path / "validate_1").mkdir()
+    (tmp_path / "validate" / "metrics.csv").write_text("")
+    assert eval_folder(tmp_path, "validate") == "validate_1"  # empty: left by a validate that failed
+    (tmp_path / "validate_1" / "metrics.csv").write_text("")
     assert eval_folder(tmp_path, "validate") == "validate_2"
     assert eval_folder(tmp_path, "validate", latest=True) == "validate_1"
     assert eval_folder(tmp_path, "predict") == "predict"
@@ -281,6 +284,7 @@ def test_predict_checks_out_before_any_data_or_decoding(fitted, tmp_path, capsys
             (tmp_path / "ro").mkdir(mode=0o500)
             out = tmp_path / "ro" / "sub.json"
         defect = "cannot write into folder"
+    run = copy_run(fitted, tmp_path)
     calls = {"setup": 0, "predict_step": 0}
     setup, predict_step = GridDataModule.setup, AutoregressiveGridModel.predict_step
 
@@ -292,12 +296,12 @@ def test_predict_checks_out_before_any_data_or_decoding(fitted, tmp_path, capsys
 
     monkeypatch.setattr(GridDataModule, "setup", spy("setup", setup))
     monkeypatch.setattr(AutoregressiveGridModel, "predict_step", spy("predict_step", predict_step))
-    ckpt = fitted[0].trainer.checkpoint_callback.last_model_path
-    code = main(["predict", *tiny_flags(tmp_path), "--ckpt_path", ckpt, "--out", str(out)])
+    code = main(["predict", *tiny_flags(tmp_path), "--ckpt_path", str(run / "checkpoints" / "last.ckpt"), "--out", str(out)])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1, err
     assert err[0].startswith(f"gridlm: error: --out {out}: ") and defect in err[0], err[0]
     assert calls == {"setup": 0, "predict_step": 0}
+    assert not (run / "predict").exists(), "no folder is made for a prediction that cannot be written"
     # the same check guards a Trainer built without the CLI: SubmissionWriter.setup, before predicting
     with pytest.raises(ValueError, match="--out"):
         SubmissionWriter(str(out)).setup(None, None, "predict")
