@@ -54,7 +54,7 @@ from gridlm.configs import resolve_config
 from gridlm.callbacks.wandb_tracking import GridWandbLogger, WandbMode, WandbTracking
 from gridlm.datamodules.datamodule import GridDataModule
 from gridlm.experiments.cli_errors import GridArgumentParser, user_error
-from gridlm.experiments.quiet import quiet_known_noise
+from gridlm.experiments.quiet import quiet_known_noise, verbose_requested
 from gridlm.modules.base_model import NonFiniteLossError
 from gridlm.modules.checkpoints import PRETRAINED_PREFIX, resolve_checkpoint
 
@@ -229,7 +229,7 @@ class GridLightningCLI(LightningCLI):
 
     def _run_subcommand(self, subcommand: str) -> None:
         with warnings.catch_warnings():
-            if subcommand != "fit" and not sys.warnoptions:
+            if subcommand != "fit" and not sys.warnoptions and not verbose_requested():
                 # evaluating a checkpoint restores its ModelCheckpoint state, whose folder differs
                 # from this run's; nothing is saved outside fit, so the warning says nothing
                 warnings.filterwarnings("ignore", message="The dirpath has changed from")

@@ -12,6 +12,8 @@ that say nothing to a gridlm user:
 
 Warning filters are only added when the user set none (``python -W ...`` or ``PYTHONWARNINGS``
 keep every warning), as the ``warnings`` documentation recommends for applications.
+``GRIDLM_VERBOSE=1`` (what ``make demo``'s ``--verbose`` sets) keeps all of them, and the CLI's
+"The dirpath has changed" warning outside fit too.
 
 :func:`quiet_third_party` is the demo's stronger setting: wandb silent (``WANDB_SILENT``, wandb's
 own switch), Lightning's and Lightning Fabric's info lines off (their loggers at WARNING, as
@@ -27,19 +29,29 @@ import sys
 import warnings
 
 LITLOGGER_TIP = "💡 Tip: For seamless cloud logging"
+VERBOSE_ENV = "GRIDLM_VERBOSE"  # set (not "", "0", "false"): keep every third-party message
+
+
+def verbose_requested() -> bool:
+    """True when ``GRIDLM_VERBOSE`` asks for every third-party message (inherited by DDP children)."""
+    return os.environ.get(VERBOSE_ENV, "").strip().lower() not in ("", "0", "false", "no")
 
 
 class _DropLitLoggerTip(logging.Filter):
-    """Drops Lightning's litlogger advertisement unless the ``lightning.pytorch`` logger is at DEBUG."""
+    """Drops Lightning's litlogger advertisement unless the ``lightning.pytorch`` logger is at DEBUG
+    or ``GRIDLM_VERBOSE`` is set."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if not str(record.msg).startswith(LITLOGGER_TIP):
+        if not str(record.msg).startswith(LITLOGGER_TIP) or verbose_requested():
             return True
         return logging.getLogger("lightning.pytorch").getEffectiveLevel() <= logging.DEBUG
 
 
 def quiet_known_noise() -> None:
-    """Drop the third-party messages listed in the module docstring (idempotent)."""
+    """Drop the third-party messages listed in the module docstring (idempotent); nothing under
+    ``GRIDLM_VERBOSE``."""
+    if verbose_requested():
+        return
     rank_zero = logging.getLogger("lightning.pytorch.utilities.rank_zero")  # where rank_zero_info logs
     if not any(isinstance(f, _DropLitLoggerTip) for f in rank_zero.filters):
         rank_zero.addFilter(_DropLitLoggerTip())
@@ -52,11 +64,13 @@ def quiet_known_noise() -> None:
 def quiet_third_party(verbose: bool = False) -> None:
     """``verbose=False``: wandb prints nothing (unless ``WANDB_SILENT`` / ``WANDB_QUIET`` are set
     already), Lightning and Fabric log warnings and errors only. ``verbose=True``: wandb's full
-    output (banner, run summary) and Lightning's info lines."""
-    quiet_known_noise()
+    output (banner, run summary), Lightning's info lines and the messages :func:`quiet_known_noise`
+    drops (``GRIDLM_VERBOSE=1``, so the gridlm CLI keeps them as well)."""
     if verbose:
+        os.environ[VERBOSE_ENV] = "1"
         os.environ.setdefault("WANDB_QUIET", "false")  # GridWandbLogger's default is wandb's quiet mode
         return
+    quiet_known_noise()
     if "WANDB_SILENT" not in os.environ and "WANDB_QUIET" not in os.environ:
         os.environ["WANDB_SILENT"] = "true"
     import lightning.pytorch  # noqa: F401  its import sets its logger to INFO: import first, then lower it

@@ -155,9 +155,10 @@ def test_demo_through_a_pipe_prints_stages_and_progress_and_no_chatter(tmp_path)
     assert list((run / "wandb").glob("offline-run-*")), "the fit's wandb run is still written, only silently"
 
 
-@pytest.mark.slow  # a second demo run (~15 s): --verbose brings the chatter back
+@pytest.mark.slow  # a second demo run (~15 s): --verbose brings all the chatter back
 def test_demo_verbose_keeps_wandb_and_lightning_output(tmp_path):
     out = run_demo(tmp_path, "--verbose")
     assert "wandb: Tracking run with wandb version" in out and "wandb: Run summary:" in out
     assert "GPU available" in out and "Validate metric" in out
+    assert "litlogger" in out and "LeafSpec" in out  # GRIDLM_VERBOSE: the messages quiet.py drops stay
     assert any(ln.startswith("gridlm fit: step ") for ln in out.splitlines())
