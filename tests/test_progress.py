@@ -145,6 +145,10 @@ def test_demo_through_a_pipe_prints_stages_and_progress_and_no_chatter(tmp_path)
     assert [ln for ln in lines if re.match(r"gridlm fit: step \d+/3  loss [\d.]+  [\d.]+k? tok/s  \d+:\d\d elapsed  \d+:\d\d left$", ln)], out
     assert any(ln.startswith("gridlm fit: done, 3 steps in ") for ln in lines), out
     assert any(ln.startswith("gridlm validate: done, 1 batch in ") for ln in lines), out
+    assert "=== gridlm demo: ARC-AGI-1, every held-out test pair of the training tasks ===" in lines, out  # 4 of 4
+    assert any(re.fullmatch(r"val/exact_match    [\d.]+   \([01]/1 pairs solved\)", ln) for ln in lines), out
+    caption = "(over 4 validation pairs; val/exact_match: greedy decoding of the 1 shortest of them (model.n_generate). Not an ARC-AGI score.)"
+    assert caption in lines, out
     noise = [ln for ln in lines if any(c in ln for c in CHATTER)]
     assert not noise, "\n".join(noise)
     # one run folder; validation and prediction of its checkpoint live inside it
