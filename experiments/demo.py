@@ -103,11 +103,13 @@ def run(config: str, extra: list[str], verbose: bool, progress_every: float) -> 
 def over(n_val: int, n_set: int, n_decoded: float | None) -> str:
     """The caption saying what the figures are over (not a share of ARC pairs solved)."""
     some = "" if n_val == n_set else f" of the {n_set} that fit in data.max_seq_len (data.max_val_examples, trainer.limit_val_batches)"
-    if n_decoded is None or int(n_decoded) >= n_val:
-        decoded = "every one of them"
+    if n_decoded is None:
+        decoded = "val/exact_match: none decoded (model.n_generate 0)"
+    elif int(n_decoded) >= n_val:
+        decoded = "val/exact_match: greedy decoding of every one of them"
     else:
-        decoded = f"the {int(n_decoded)} shortest of them (model.n_generate)"
-    return f"(over {n_val} validation pairs{some}; val/exact_match: greedy decoding of {decoded}. Not an ARC-AGI score.)"
+        decoded = f"val/exact_match: greedy decoding of the {int(n_decoded)} shortest of them (model.n_generate)"
+    return f"(over {n_val} validation pairs{some}; {decoded}. Not an ARC-AGI score.)"
 
 
 def validated_examples(val) -> int:

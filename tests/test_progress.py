@@ -166,3 +166,13 @@ def test_demo_verbose_keeps_wandb_and_lightning_output(tmp_path):
     assert "GPU available" in out and "Validate metric" in out
     assert "litlogger" in out and "LeafSpec" in out  # GRIDLM_VERBOSE: the messages quiet.py drops stay
     assert any(ln.startswith("gridlm fit: step ") for ln in out.splitlines())
+
+
+def test_demo_caption_says_what_the_figures_are_over():
+    from gridlm.experiments.demo import over
+
+    assert over(64, 362, 16.0) == ("(over 64 validation pairs of the 362 that fit in data.max_seq_len (data.max_val_examples, "
+                                   "trainer.limit_val_batches); val/exact_match: greedy decoding of the 16 shortest of them "
+                                   "(model.n_generate). Not an ARC-AGI score.)")
+    assert over(362, 362, 362.0) == "(over 362 validation pairs; val/exact_match: greedy decoding of every one of them. Not an ARC-AGI score.)"
+    assert "none decoded (model.n_generate 0)" in over(8, 8, None)
