@@ -81,8 +81,9 @@ def run(config: str, extra: list[str], verbose: bool, progress_every: float) -> 
     stage("predict", f"the test inputs of {N_PREDICT_TASKS} tasks, drawing the first")
     picture, pred_dir = render_prediction(common, ckpt, run_dir, extra)
 
-    n_val, n_set = validated_examples(val), len(val.datamodule.datasets["val"])
-    which = "every held-out test pair" if n_val == n_set else f"the first {n_val} held-out test pairs"
+    n_val, dm = validated_examples(val), val.datamodule
+    limited = dm.hparams.max_val_examples is not None or n_val < len(dm.datasets["val"])
+    which = f"the first {n_val} held-out test pairs" if limited else "every held-out test pair"
     print(f"\n=== gridlm demo: ARC-AGI-1, {which} of the training tasks ===")
     for k in METRICS:
         v = got.get(k)
@@ -90,7 +91,7 @@ def run(config: str, extra: list[str], verbose: bool, progress_every: float) -> 
         if k == "val/exact_match" and all(c in got for c in COUNTS):
             line += f"   ({int(got['val/n_exact'])}/{int(got['val/n_decoded'])} pairs solved)"
         print(line)
-    print(over(n_val, n_set, got.get("val/n_decoded")))
+    print(over(n_val, limited, dm.stats.get("val", {}).get("dropped", 0), dm.max_seq_len, got.get("val/n_decoded")))
     print(f"checkpoint: {ckpt}")
     print(f"validation: {val.trainer.log_dir}  (metrics.csv)")
     print(f"prediction: {run_dir / 'demo_submission.json'}  (config in {pred_dir})")
@@ -100,16 +101,18 @@ def run(config: str, extra: list[str], verbose: bool, progress_every: float) -> 
     return 0
 
 
-def over(n_val: int, n_set: int, n_decoded: float | None) -> str:
-    """The caption saying what the figures are over (not a share of ARC pairs solved)."""
-    some = "" if n_val == n_set else f" of the {n_set} that fit in data.max_seq_len (data.max_val_examples, trainer.limit_val_batches)"
+def over(n_val: int, limited: bool, dropped: int, max_seq_len: int, n_decoded: float | None) -> str:
+    """The caption saying what the figures are over (not a share of ARC pairs solved): ``n_val``
+    pairs validated, the first ones only when ``limited``, ``dropped`` left out as too long."""
+    which = " (the first ones: data.max_val_examples, trainer.limit_val_batches)" if limited else ""
+    left_out = f", {dropped} longer than max_seq_len={max_seq_len} left out" if dropped else ""
     if n_decoded is None:
         decoded = "val/exact_match: none decoded (model.n_generate 0)"
     elif int(n_decoded) >= n_val:
         decoded = "val/exact_match: greedy decoding of every one of them"
     else:
         decoded = f"val/exact_match: greedy decoding of the {int(n_decoded)} shortest of them (model.n_generate)"
-    return f"(over {n_val} validation pairs{some}; {decoded}. Not an ARC-AGI score.)"
+    return f"(over {n_val} validation pairs{which}{left_out}; {decoded}. Not an ARC-AGI score.)"
 
 
 def validated_examples(val) -> int:

@@ -115,7 +115,7 @@ DEMO_FLAGS = [
     "--run_name", "demo", "--progress_every", "0", "--trainer.max_steps", "3", "--trainer.val_check_interval", "3",
     "--trainer.limit_val_batches", "1", "--trainer.num_sanity_val_steps", "0", "--model.d_model", "16", "--model.n_layers", "1",
     "--model.n_heads", "2", "--model.n_generate", "1", "--data.source", "synthetic", "--data.n_synthetic", "8",
-    "--data.synthetic_max_side", "4", "--data.max_seq_len", "256", "--data.batch_size", "4", "--data.max_val_examples", "4",
+    "--data.synthetic_max_side", "4", "--data.val_source", "null", "--data.max_seq_len", "256", "--data.batch_size", "4", "--data.max_val_examples", "4",
     "--trainer.log_every_n_steps", "1",
 ]
 
@@ -145,9 +145,10 @@ def test_demo_through_a_pipe_prints_stages_and_progress_and_no_chatter(tmp_path)
     assert [ln for ln in lines if re.match(r"gridlm fit: step \d+/3  loss [\d.]+  [\d.]+k? tok/s  \d+:\d\d elapsed  \d+:\d\d left$", ln)], out
     assert any(ln.startswith("gridlm fit: done, 3 steps in ") for ln in lines), out
     assert any(ln.startswith("gridlm validate: done, 1 batch in ") for ln in lines), out
-    assert "=== gridlm demo: ARC-AGI-1, every held-out test pair of the training tasks ===" in lines, out  # 4 of 4
+    assert "=== gridlm demo: ARC-AGI-1, the first 4 held-out test pairs of the training tasks ===" in lines, out
     assert any(re.fullmatch(r"val/exact_match    [\d.]+   \([01]/1 pairs solved\)", ln) for ln in lines), out
-    caption = "(over 4 validation pairs; val/exact_match: greedy decoding of the 1 shortest of them (model.n_generate). Not an ARC-AGI score.)"
+    caption = ("(over 4 validation pairs (the first ones: data.max_val_examples, trainer.limit_val_batches); "
+               "val/exact_match: greedy decoding of the 1 shortest of them (model.n_generate). Not an ARC-AGI score.)")
     assert caption in lines, out
     noise = [ln for ln in lines if any(c in ln for c in CHATTER)]
     assert not noise, "\n".join(noise)
@@ -171,8 +172,9 @@ def test_demo_verbose_keeps_wandb_and_lightning_output(tmp_path):
 def test_demo_caption_says_what_the_figures_are_over():
     from gridlm.experiments.demo import over
 
-    assert over(64, 362, 16.0) == ("(over 64 validation pairs of the 362 that fit in data.max_seq_len (data.max_val_examples, "
-                                   "trainer.limit_val_batches); val/exact_match: greedy decoding of the 16 shortest of them "
-                                   "(model.n_generate). Not an ARC-AGI score.)")
-    assert over(362, 362, 362.0) == "(over 362 validation pairs; val/exact_match: greedy decoding of every one of them. Not an ARC-AGI score.)"
-    assert "none decoded (model.n_generate 0)" in over(8, 8, None)
+    assert over(362, False, 54, 1024, 362.0) == ("(over 362 validation pairs, 54 longer than max_seq_len=1024 left out; "
+                                                 "val/exact_match: greedy decoding of every one of them. Not an ARC-AGI score.)")
+    assert over(64, True, 54, 1024, 16.0) == ("(over 64 validation pairs (the first ones: data.max_val_examples, trainer.limit_val_batches), "
+                                              "54 longer than max_seq_len=1024 left out; val/exact_match: greedy decoding of the 16 "
+                                              "shortest of them (model.n_generate). Not an ARC-AGI score.)")
+    assert "none decoded (model.n_generate 0)" in over(8, False, 0, 256, None)
