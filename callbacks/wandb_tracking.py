@@ -2,7 +2,8 @@
 
 ``GridWandbLogger`` is Lightning's ``WandbLogger`` with ``mode="auto"``: online when an API key
 is configured and the wandb host answers, offline otherwise (the run is written under
-``<save_dir>/wandb`` and can be uploaded later with ``wandb sync``). Any wandb error is turned
+``<save_dir>/wandb`` and can be uploaded later with ``wandb sync``). wandb runs in its quiet
+mode (where the run is, no banner or summary panel) unless ``WANDB_QUIET``/``WANDB_SILENT`` say otherwise. Any wandb error is turned
 into one warning and the logger falls back to ``disabled``; the CSV logger beside it keeps the
 metrics.
 
@@ -64,13 +65,24 @@ def bounded_settings():
     defaults retry GraphQL calls for minutes, blocking ``wandb.init`` and so training)."""
     import wandb
 
-    return wandb.Settings(
+    return _quiet_settings(
         init_timeout=60,
         x_graphql_retry_max=2,
         x_graphql_retry_wait_max_seconds=2,
         x_graphql_timeout_seconds=15,
         finish_timeout=30,
     )
+
+
+def _quiet_settings(**settings: Any):
+    """``wandb.Settings`` in wandb's quiet mode (``quiet=True``: where the run is saved or its URL,
+    no version banner and no history/summary panel at the end) unless the user chose wandb's
+    verbosity through ``WANDB_QUIET`` or ``WANDB_SILENT``, which explicit settings would override."""
+    import wandb
+
+    if "WANDB_QUIET" not in os.environ and "WANDB_SILENT" not in os.environ:
+        settings.setdefault("quiet", True)
+    return wandb.Settings(**settings)
 
 
 class GridWandbLogger(WandbLogger):
@@ -90,8 +102,8 @@ class GridWandbLogger(WandbLogger):
     ) -> None:
         self.mode = resolve_mode(mode)
         os.makedirs(save_dir, exist_ok=True)
-        if self.mode == "online" and "settings" not in kwargs:
-            kwargs["settings"] = bounded_settings()
+        if "settings" not in kwargs and self.mode != "disabled":
+            kwargs["settings"] = bounded_settings() if self.mode == "online" else _quiet_settings()
         super().__init__(
             project=project,
             save_dir=save_dir,
@@ -104,6 +116,8 @@ class GridWandbLogger(WandbLogger):
             mode=self.mode,
             **kwargs,
         )
+        if self._wandb_init.get("anonymous") is None:  # wandb >= 0.19 warns about the unset option Lightning passes
+            self._wandb_init.pop("anonymous", None)
         self._failed = False
 
     def set_run_info(self, group: Optional[str] = None, tags: Sequence[str] = (), job_type: Optional[str] = None, config: Optional[dict] = None) -> None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import tempfile
 import warnings
 from pathlib import Path
 from typing import Any, Optional
@@ -52,9 +53,12 @@ from gridlm.callbacks.val_examples import ValExamples
 from gridlm.configs import resolve_config
 from gridlm.callbacks.wandb_tracking import GridWandbLogger, WandbMode, WandbTracking
 from gridlm.datamodules.datamodule import GridDataModule
-from gridlm.experiments.cli_errors import GridArgumentParser
+from gridlm.experiments.cli_errors import GridArgumentParser, user_error
+from gridlm.experiments.quiet import quiet_known_noise, verbose_requested
 from gridlm.modules.base_model import NonFiniteLossError
 from gridlm.modules.checkpoints import PRETRAINED_PREFIX, resolve_checkpoint
+
+quiet_known_noise()
 
 DEFAULT_MODEL = "gridlm.modules.base_model.AutoregressiveGridModel"
 DEFAULT_OPTIMIZER = {
@@ -70,6 +74,10 @@ class SubmissionWriter(BasePredictionWriter):
     def __init__(self, out: Optional[str] = None) -> None:
         super().__init__(write_interval="epoch")
         self.out = out
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        if stage == "predict" and self.out:
+            check_destination(self.out)
 
     def write_on_epoch_end(self, trainer, pl_module, predictions, batch_indices) -> None:
         if not self.out:
@@ -90,6 +98,25 @@ class SubmissionWriter(BasePredictionWriter):
         if isinstance(dm, GridDataModule) and "predict" in dm.datasets:  # every predicted task, dropped test inputs included
             n_tests = {t.task_id: len(t.test) for t in dm.datasets["predict"].tasks}
         write_submission(rows, self.out, n_tests)
+
+
+def check_destination(out: str) -> None:
+    """Fail before any decoding when the submission cannot be written to ``out``: its folder is
+    missing, not a folder, or not writable (tried by creating a temporary file there), or ``out``
+    is itself a folder. One-line ``ValueError`` naming ``--out``."""
+    path = Path(out)
+    folder = path.parent
+    if path.is_dir():
+        raise ValueError(f"--out {out}: is a folder; give a file name, e.g. --out {path / 'submission.json'}")
+    if not folder.exists():
+        raise ValueError(f"--out {out}: folder {folder} does not exist; create it first or choose another --out")
+    if not folder.is_dir():
+        raise ValueError(f"--out {out}: {folder} is not a folder; choose another --out")
+    try:
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=f".{path.name}.", suffix=".check"):
+            pass
+    except OSError as err:
+        raise ValueError(f"--out {out}: cannot write into folder {folder} ({err.strerror or type(err).__name__}); choose another --out") from err
 
 
 def write_submission(rows: list[dict], out: str, n_tests: Optional[dict[str, int]] = None) -> dict:
@@ -140,21 +167,29 @@ class GridLightningCLI(LightningCLI):
         trainer_cfg = self._get(self.config_init, "trainer", default={})
         if trainer_cfg.get("logger") in (None, True):
             # default loggers: CSV always, wandb offline unless a key and network are there
-            root = trainer_cfg.get("default_root_dir") or "runs"
-            name = cfg.get("run_name") or "gridlm"
-            csv = CSVLogger(save_dir=root, name=name)
+            run = run_folder_of(cfg.get("ckpt_path")) if self.subcommand in ("validate", "test", "predict") else None
+            child = rank_zero_only.rank > 0  # a DDP child re-runs this CLI after rank 0 made its folder
+            if run is not None:  # evaluating a run's checkpoint: results go into that run's folder
+                folder = eval_folder(run, self.subcommand, latest=child)
+                csv = CSVLogger(save_dir=str(run), name="", version=folder)
+                wandb_name = f"{run.parent.name}/{run.name}/{folder}"
+            else:
+                root = trainer_cfg.get("default_root_dir") or "runs"
+                name = cfg.get("run_name") or "gridlm"
+                # a DDP child shares rank 0's version folder (Lightning broadcasts rank 0's log_dir)
+                csv = CSVLogger(save_dir=root, name=name, version=_latest_version(Path(root) / name) if child else None)
+                wandb_name = f"{name}/version_{csv.version}"
             loggers = [csv]
-            if rank_zero_only.rank > 0:
-                # a DDP child re-runs this CLI after rank 0 made its version folder: share that
-                # folder (Lightning broadcasts rank 0's log_dir) and make no folder or wandb run
-                loggers = [CSVLogger(save_dir=root, name=name, version=_latest_version(Path(root) / name))]
-            elif cfg.get("wandb_mode", "auto") != "disabled":
+            if not child:
+                csv.experiment  # noqa: B018  create the folder now, before config.yaml or wandb write into it
+            # predict logs no metrics: a wandb run of it would stay empty
+            if not child and self.subcommand != "predict" and cfg.get("wandb_mode", "auto") != "disabled":
                 loggers.append(
                     GridWandbLogger(
                         project=cfg.get("wandb_project", "gridlm"),
                         mode=cfg.get("wandb_mode", "auto"),
                         save_dir=csv.log_dir,
-                        name=f"{name}/version_{csv.version}",
+                        name=wandb_name,
                     )
                 )
             kwargs["logger"] = loggers
@@ -183,8 +218,22 @@ class GridLightningCLI(LightningCLI):
     def before_test(self) -> None:
         self._check_ckpt_path()
 
+    def before_instantiate_classes(self) -> None:
+        if self.subcommand == "predict":  # before any folder, model, data or decoding
+            out = (self.config["predict"].get("submission") or {}).get("out")
+            if out:
+                check_destination(out)
+
     def before_predict(self) -> None:
         self._check_ckpt_path()
+
+    def _run_subcommand(self, subcommand: str) -> None:
+        with warnings.catch_warnings():
+            if subcommand != "fit" and not sys.warnoptions and not verbose_requested():
+                # evaluating a checkpoint restores its ModelCheckpoint state, whose folder differs
+                # from this run's; nothing is saved outside fit, so the warning says nothing
+                warnings.filterwarnings("ignore", message="The dirpath has changed from")
+            super()._run_subcommand(subcommand)
 
     def _check_ckpt_path(self) -> None:
         """Before any data is loaded: ``fit --ckpt_path last`` -> the newest ``last*.ckpt`` of this
@@ -264,6 +313,34 @@ class GridLightningCLI(LightningCLI):
         self.config = self.parser.parse_object({sub: {"model": hparams}}, self.config)
 
 
+def run_folder_of(ckpt_path: Optional[str]) -> Optional[Path]:
+    """The run folder a checkpoint was saved in: ``<run>/checkpoints/<name>.ckpt`` where ``<run>``
+    holds a run's files (``config.yaml``, ``hparams.yaml`` or ``metrics.csv``); else None."""
+    if not ckpt_path or ckpt_path in ("last", "best", "hpc") or "://" in str(ckpt_path):
+        return None
+    path = Path(ckpt_path)
+    run = path.parent.parent
+    if path.parent.name != "checkpoints" or not any((run / f).is_file() for f in ("config.yaml", "hparams.yaml", "metrics.csv")):
+        return None
+    return run
+
+
+def eval_folder(run: Path, stage: str, latest: bool = False) -> str:
+    """Where ``gridlm <stage>`` of a run's checkpoint writes inside the run folder: ``<stage>``, or
+    ``<stage>_1``, ``<stage>_2``, ... when earlier ones hold files (nothing is overwritten; an
+    empty one, left by a run that stopped at an error, is reused).
+    ``latest``: the newest existing one (a DDP child joins the folder rank 0 made)."""
+    def name(k: int) -> str:
+        return stage if k == 0 else f"{stage}_{k}"
+
+    k = 0
+    while (run / name(k)).exists():
+        if not latest and not any((run / name(k)).iterdir()):
+            return name(k)
+        k += 1
+    return name(max(0, k - 1) if latest else k)
+
+
 def _latest_version(folder: Path) -> int:
     versions = [int(d.name.split("_", 1)[1]) for d in folder.glob("version_*") if d.name.split("_", 1)[1].isdigit()]
     return max(versions, default=0)
@@ -335,8 +412,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     except (ValueError, FileNotFoundError) as err:
         if os.environ.get("GRIDLM_DEBUG"):
             raise
-        msg = " ".join(str(err).split())  # one line
-        print(f"gridlm: error: {msg}", file=sys.stderr)
+        print(f"gridlm: error: {user_error(err)}", file=sys.stderr)
         return 2
     return 0
 

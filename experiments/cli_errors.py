@@ -9,6 +9,10 @@ jsonargparse reports a bad option with the whole usage block and a nested, multi
     gridlm: error: --model.d_modl: unknown option (did you mean d_model?); valid: vocab_size, ...
     gridlm: error: --data.batch_size: expected int, got 'abc'
 
+A config error that gridlm's own code raises while the CLI builds the model or data (e.g.
+``model.d_model (128) must be divisible by model.n_heads (5)``) reaches the user as its own line
+(:func:`user_error`), not inside jsonargparse's report of the union type it failed to build.
+
 ``GRIDLM_DEBUG=1`` restores jsonargparse's full report.
 """
 
@@ -100,8 +104,36 @@ def one_line_error(message: str, parser: Any = None) -> str:
 
     lines = [ln.strip().lstrip("- ").strip() for ln in message.splitlines()]
     lines = [ln for ln in lines if ln and not any(ln.startswith(n.lstrip("- ")) for n in _NOISE)]
+    lines = [ln for ln in lines if not ln.startswith("Given value: Namespace(")]  # the whole config, again
     text = " ".join(" ".join(lines).split())
     return text if len(text) <= 400 else text[:397] + "..."
+
+
+def _raised_in_gridlm(err: BaseException) -> bool:
+    """Whether ``err`` was raised by gridlm's own code (the innermost frame of its traceback)."""
+    tb = err.__traceback__
+    if tb is None:
+        return False
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    return str(tb.tb_frame.f_globals.get("__name__", "")).startswith("gridlm.")
+
+
+def user_error(err: BaseException) -> str:
+    """The one line to show for ``err``: the message of the outermost exception in its chain that
+    gridlm raised itself (jsonargparse wraps a model's ``ValueError`` into ``Does not validate
+    against any of the Union subtypes ... Given value: Namespace(...)``), else ``err``'s own,
+    condensed like a parser error."""
+    seen, chain = set(), []
+    e: Optional[BaseException] = err
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        chain.append(e)
+        e = e.__cause__ or (None if e.__suppress_context__ else e.__context__)
+    own = next((e for e in chain if isinstance(e, (ValueError, TypeError, FileNotFoundError)) and _raised_in_gridlm(e)), None)
+    if own is not None:
+        return " ".join(str(own).split())
+    return one_line_error(str(err))
 
 
 class GridArgumentParser(LightningArgumentParser):

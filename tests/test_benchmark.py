@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import asdict
 
 import pytest
 import torch
@@ -72,10 +73,10 @@ def test_step_flops_count_causal_attention_as_model_flops():
     assert by_op["aten.mm"] > attention > 0
 
 
-def _report(**figures) -> str:
+def _report(quick: bool = False, **figures) -> str:
     machine = {"cpu": "x86_64", "cores": 2, "torch": "t", "torch_threads": 2, "python": "3", "cuda": None, "load_average": [0, 0, 0]}
-    config = {k: 1 for k in ("d_model", "n_layers", "n_heads", "batch_size", "max_seq_len", "seq_len", "repeats")}
-    return benchmark.render_markdown({"config": {**config, "quick": False}, "machine": machine, "seconds": {}, **figures}, "cmd")
+    config = asdict(benchmark.BenchConfig.make(quick))  # the full sizes, or --quick's
+    return benchmark.render_markdown({"config": config, "machine": machine, "seconds": {}, **figures}, "cmd")
 
 
 def test_report_names_every_miss_with_its_note_and_the_per_repeat_range():
@@ -106,6 +107,37 @@ def test_merge_keeps_the_sections_not_run_and_names_the_merged_run(tmp_path):
     assert [r["command"] for r in again["merged_runs"]] == ["again"]  # a re-run replaces its own entry
     with pytest.raises(ValueError, match="does not exist"):
         benchmark.merge_results(tmp_path / "missing.json", new, ["decode_engine"], "x")
+
+
+def test_quick_run_judges_no_target_it_measured_at_other_sizes():
+    """A quick run's kv_cache_speedup 2.2 (10x10 outputs) and lightning_vs_plain 0.93 (width 64)
+    are not misses of targets defined at 30x30 and width 128: reported, marked n/a, not MISSED."""
+    figures = dict(kv_cache_speedup=2.2, lightning_vs_plain=0.93, pad_fraction_bucketed=0.2,
+                   encoding_step_time_vs_none={"none": 1.0, "alibi_2d": 1.3})
+    quick = _report(quick=True, **figures)
+    assert "MISSED" not in quick and "### `kv_cache_speedup`" not in quick and "### encodings above" not in quick
+    assert "| 2.2 |  | >= 10.0 | n/a (other sizes) |" in quick and "| 0.93 |  | >= 0.97 | n/a (other sizes) |" in quick
+    assert "- `kv_cache_speedup`: d_model 64 (target at 128), n_layers 2 (target at 4), decode_side 10 (target at 30)" in quick
+    assert "`alibi_2d` 1.30" in quick  # the slow encoding is still shown, as not judged
+    full = _report(**figures)  # the same figures at the target sizes are misses
+    assert full.count("| MISSED |") == 3 and "### `kv_cache_speedup` = 2.2" in full and "### encodings above 1.10x" in full
+    cfg = asdict(benchmark.BenchConfig.make(True))
+    assert benchmark.verdict("kv_cache_speedup", 2.2, cfg) == "n/a (other sizes)"
+    assert benchmark.verdict("kv_cache_speedup", 2.2, asdict(benchmark.BenchConfig())) == "MISSED"
+    # a size the target does not depend on leaves it judged: the padding target ignores the decoded grid
+    assert benchmark.verdict("pad_fraction_bucketed", 0.02, {**asdict(benchmark.BenchConfig()), "decode_side": 10}) == "met"
+
+
+def test_quick_main_prints_no_miss(tmp_path, capsys, monkeypatch):
+    """``--quick`` end to end, through main(), with the quick sizes (the sections' measurements
+    are replaced by fixed figures, as the test checks the verdicts, not the timings)."""
+    fixed = {"kv_cache_speedup": 2.2, "lightning_vs_plain": 0.93}
+    monkeypatch.setattr(benchmark, "SECTIONS", [("fixed", lambda cfg: dict(fixed, quick_seen=cfg.quick))])
+    assert benchmark.main(["--quick", "--out_dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "kv_cache_speedup" in out and "MISSED" not in out and out.count("n/a (other sizes)") == 2
+    assert "`make bench` judges every target" in out
+    assert json.loads((tmp_path / "benchmarks.json").read_text())["quick_seen"] is True
 
 
 def test_quick_config_is_smaller():

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import shutil
 from pathlib import Path
 
 import pytest
 import torch
 
-from gridlm.experiments.cli import cli_main, main
+from gridlm.datamodules.datamodule import GridDataModule
+from gridlm.experiments.cli import SubmissionWriter, cli_main, eval_folder, main, run_folder_of
+from gridlm.modules.base_model import AutoregressiveGridModel
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -212,6 +216,95 @@ def test_predict_writes_each_test_inputs_own_decode(fitted, tmp_path, monkeypatc
                 want = [g.tolist() for g in res.attempts(2)]
                 assert len(want) == 2 and rule(x).tolist() in want, "precondition: the votes disagree"
                 assert [entry["attempt_1"], entry["attempt_2"]] == want, (tid, i)
+
+
+def copy_run(fitted, tmp_path: Path) -> Path:
+    """A fresh copy of the fitted run's folder (checkpoint, config, metrics) at runs/t/version_0."""
+    src = Path(fitted[0].trainer.log_dir)
+    run = tmp_path / "runs" / "t" / "version_0"
+    shutil.copytree(src / "checkpoints", run / "checkpoints")
+    for name in ("config.yaml", "hparams.yaml", "metrics.csv"):
+        shutil.copy(src / name, run / name)
+    return run
+
+
+def test_validate_and_predict_of_a_runs_checkpoint_write_into_that_run(fitted, tmp_path):
+    """No version_1, version_2 beside the run: <run>/validate, <run>/validate_1, <run>/predict."""
+    run = copy_run(fitted, tmp_path)
+    ckpt = str(run / "checkpoints" / "last.ckpt")
+    flags = tiny_flags(tmp_path)
+    first = cli_main(["validate", *flags, "--ckpt_path", ckpt])
+    second = cli_main(["validate", *flags, "--ckpt_path", ckpt])
+    assert main(["predict", *flags, "--ckpt_path", ckpt, "--out", str(tmp_path / "sub.json")]) == 0
+    assert sorted(p.name for p in (tmp_path / "runs" / "t").iterdir()) == ["version_0"]
+    assert Path(first.trainer.log_dir) == run / "validate" and Path(second.trainer.log_dir) == run / "validate_1"
+    assert "val/loss" in read_metrics(first.trainer.log_dir) and "val/loss" in read_metrics(second.trainer.log_dir)
+    assert (run / "predict" / "config.yaml").is_file()
+    assert read_metrics(str(run)) == read_metrics(fitted[0].trainer.log_dir), "the fit's metrics.csv is untouched"
+
+
+def test_eval_folders_never_overwrite_and_a_ddp_child_joins_rank_zeros(tmp_path):
+    assert eval_folder(tmp_path, "validate") == "validate"
+    assert eval_folder(tmp_path, "validate", latest=True) == "validate"
+    (tmp_path / "validate").mkdir()
+    (tmp_path / "validate_1").mkdir()
+    (tmp_path / "validate" / "metrics.csv").write_text("")
+    assert eval_folder(tmp_path, "validate") == "validate_1"  # empty: left by a validate that failed
+    (tmp_path / "validate_1" / "metrics.csv").write_text("")
+    assert eval_folder(tmp_path, "validate") == "validate_2"
+    assert eval_folder(tmp_path, "validate", latest=True) == "validate_1"
+    assert eval_folder(tmp_path, "predict") == "predict"
+
+
+def test_a_checkpoint_outside_a_run_folder_keeps_the_run_name_folders(fitted, tmp_path):
+    """A checkpoint that is not in <run>/checkpoints/ (downloaded, copied) has no run to write into."""
+    loose = tmp_path / "loose.ckpt"
+    shutil.copy(fitted[0].trainer.checkpoint_callback.last_model_path, loose)
+    assert run_folder_of(str(loose)) is None and run_folder_of("last") is None
+    val = cli_main(["validate", *tiny_flags(tmp_path), "--ckpt_path", str(loose)])
+    assert Path(val.trainer.log_dir) == tmp_path / "runs" / "t" / "version_0"
+
+
+@pytest.mark.parametrize("where", ["missing_folder", "parent_is_a_file", "out_is_a_folder", "read_only"])
+def test_predict_checks_out_before_any_data_or_decoding(fitted, tmp_path, capsys, monkeypatch, where):
+    """A bad --out fails in one line naming --out, before the data is loaded or anything decoded
+    (the spies count DataModule setups and predict steps)."""
+    if where == "missing_folder":
+        out, defect = tmp_path / "no_such_dir" / "sub.json", "does not exist"
+    elif where == "parent_is_a_file":
+        (tmp_path / "a_file").write_text("x")
+        out, defect = tmp_path / "a_file" / "sub.json", "is not a folder"
+    elif where == "out_is_a_folder":
+        out, defect = tmp_path, "is a folder; give a file name"
+    else:
+        # root may write into any chmod-ed folder, but not into sysfs; others get a read-only folder
+        if os.geteuid() == 0:
+            out = Path("/sys/sub.json")
+        else:
+            (tmp_path / "ro").mkdir(mode=0o500)
+            out = tmp_path / "ro" / "sub.json"
+        defect = "cannot write into folder"
+    run = copy_run(fitted, tmp_path)
+    calls = {"setup": 0, "predict_step": 0}
+    setup, predict_step = GridDataModule.setup, AutoregressiveGridModel.predict_step
+
+    def spy(name, fn):
+        def wrapped(*args, **kwargs):
+            calls[name] += 1
+            return fn(*args, **kwargs)
+        return wrapped
+
+    monkeypatch.setattr(GridDataModule, "setup", spy("setup", setup))
+    monkeypatch.setattr(AutoregressiveGridModel, "predict_step", spy("predict_step", predict_step))
+    code = main(["predict", *tiny_flags(tmp_path), "--ckpt_path", str(run / "checkpoints" / "last.ckpt"), "--out", str(out)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1, err
+    assert err[0].startswith(f"gridlm: error: --out {out}: ") and defect in err[0], err[0]
+    assert calls == {"setup": 0, "predict_step": 0}
+    assert not (run / "predict").exists(), "no folder is made for a prediction that cannot be written"
+    # the same check guards a Trainer built without the CLI: SubmissionWriter.setup, before predicting
+    with pytest.raises(ValueError, match="--out"):
+        SubmissionWriter(str(out)).setup(None, None, "predict")
 
 
 def test_broken_task_file_stops_with_one_line(tmp_path, capsys):

@@ -7,7 +7,7 @@ import pytest
 
 from gridlm.datamodules.orders import ORDERS
 from gridlm.experiments.cli import main
-from gridlm.experiments.cli_errors import one_line_error
+from gridlm.experiments.cli_errors import one_line_error, user_error
 from gridlm.modules.encodings import ENCODINGS
 from test_cli import CONFIGS
 
@@ -87,3 +87,43 @@ def test_missing_checkpoint_path_is_one_line(capsys, tmp_path):
 def test_one_line_error_never_returns_newlines():
     nested = 'Parser key "model":\n  Does not validate\n  Errors:\n    - something\n      odd\n  Given value type: x'
     assert "\n" not in one_line_error(nested) and "something odd" in one_line_error(nested)
+
+
+def test_a_config_error_gridlm_raises_while_building_the_model_is_its_own_line(capsys):
+    """jsonargparse wraps the model's ValueError into a ~1,000-character union report
+    ('Does not validate against any of the Union subtypes ... Given value: Namespace(...)')."""
+    assert main(["fit", *QUICK, "--model.n_heads", "5"]) == 2
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    errors = [ln for ln in err if ln.startswith("gridlm: error:")]
+    assert errors == ["gridlm: error: model.d_model (128) must be divisible by model.n_heads (5)"], err
+
+
+def _gridlm_raises(msg: str):
+    """Raise ``ValueError(msg)`` from code whose module is gridlm's (as the model's checks are)."""
+    namespace = {"__name__": "gridlm.modules.fake"}
+    exec("def check(msg):\n    raise ValueError(msg)\n", namespace)
+    namespace["check"](msg)
+
+
+def test_user_error_picks_gridlms_own_message_from_the_chain():
+    try:
+        try:
+            _gridlm_raises("model.n_layers must be >= 1, got 0")
+        except ValueError as inner:
+            raise ValueError("Does not validate against any of the Union subtypes\nGiven value: Namespace(a=1)") from inner
+    except ValueError as wrapped:
+        assert user_error(wrapped) == "model.n_layers must be >= 1, got 0"
+    try:  # gridlm's message wrapping a foreign error is kept whole (the outermost of gridlm's own)
+        try:
+            raise RuntimeError("torch: unexpected EOF")
+        except RuntimeError as foreign:
+            try:
+                _gridlm_raises("checkpoint x.ckpt cannot be loaded (unexpected EOF)")
+            except ValueError as own:
+                own.__cause__ = foreign
+                raise ValueError("wrapper") from own
+    except ValueError as wrapped:
+        assert user_error(wrapped) == "checkpoint x.ckpt cannot be loaded (unexpected EOF)"
+    # nothing of gridlm's in the chain: the error's own text, condensed, without the Namespace dump
+    foreign = ValueError("Does not validate against any of the Union subtypes\nSubtypes: [A]\nErrors:\n  - bad thing\nGiven value: Namespace(x=1)")
+    assert user_error(foreign) == "bad thing"

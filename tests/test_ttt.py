@@ -154,5 +154,6 @@ def test_gridlm_predict_with_voting_and_ttt_writes_a_submission_and_demo_draws_i
     assert len(sub) == 3 and all({"attempt_1", "attempt_2"} <= set(e) for v in sub.values() for e in v)
     saved = torch.load(ckpt, weights_only=True)["state_dict"]
     assert_bitwise_equal({k: v.cpu() for k, v in pred.model.state_dict().items()}, saved)  # TTT restored the base weights
-    picture = render_prediction(str(CONFIGS / "quickstart.yaml"), ckpt, tmp_path / "demo", tiny_flags(tmp_path, **{"--data.max_tasks": "2"})[2:])
+    (tmp_path / "demo").mkdir()  # the demo draws into its run folder, which exists (predict --out checks its folder first)
+    picture, _ = render_prediction(["--config", str(CONFIGS / "quickstart.yaml")], ckpt, tmp_path / "demo", tiny_flags(tmp_path, **{"--data.max_tasks": "2"})[2:])
     assert picture == tmp_path / "demo" / "demo_task.png" and picture.stat().st_size > 1000  # make demo's picture

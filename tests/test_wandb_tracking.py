@@ -168,3 +168,16 @@ def test_resolve_mode(monkeypatch):
     monkeypatch.setenv("NETRC", str(Path.cwd() / "no-netrc"))
     monkeypatch.setenv("HOME", str(Path.cwd()))
     assert resolve_mode("auto") == "offline"  # no key: never tries the network
+
+
+def test_wandb_runs_quiet_unless_the_user_chose_its_verbosity(tmp_path, monkeypatch):
+    """gridlm's default logger asks wandb for its quiet mode (no banner, no summary panel; where the
+    run is saved stays); WANDB_QUIET / WANDB_SILENT set by the user win. Lightning's unset
+    ``anonymous`` option (wandb warns about it) is not passed on."""
+    monkeypatch.delenv("WANDB_SILENT", raising=False)
+    monkeypatch.delenv("WANDB_QUIET", raising=False)
+    logger = GridWandbLogger(mode="offline", save_dir=str(tmp_path), name="q")
+    assert logger._wandb_init["settings"].quiet is True and "anonymous" not in logger._wandb_init
+    monkeypatch.setenv("WANDB_QUIET", "false")
+    logger = GridWandbLogger(mode="offline", save_dir=str(tmp_path), name="q")
+    assert logger._wandb_init["settings"].quiet is False  # left to wandb, which reads WANDB_QUIET itself
