@@ -28,6 +28,8 @@ if TYPE_CHECKING:
 
 Attempts = tuple[list[np.ndarray], Optional[str]]  # grids in the batch's frame (best first), reason when none
 
+REFINE_ROWS = 64  # augmented prompts drafted and refined together (the decode engine chunks the drafts itself)
+
 
 def _attempts(refined, draft, reason: Optional[str]) -> Attempts:
     grids = [] if refined is None else [refined]
@@ -61,7 +63,7 @@ def _voted(model: "RefinementNetwork", batch: dict, rows: list[int]) -> list[Att
                 jobs.append((r, aug, seq))
     votes: dict[int, list[tuple]] = {r: [] for r in rows}  # row -> (grid, halting probability, name)
     identity_draft: dict[int, tuple] = {}
-    step = model.voting.max_batch
+    step = REFINE_ROWS
     for s in range(0, len(jobs), step):
         chunk = jobs[s : s + step]
         sub = {k: v.to(model.device) if hasattr(v, "to") else v for k, v in collate([seq for _, _, seq in chunk]).items()}
