@@ -10,7 +10,8 @@ test checks this). The draft keeps its own shape, which may differ from the targ
 
 :func:`corrupt` makes synthetic drafts from a target: random cell flips, a shifted region or a
 recoloured region (the error kinds a greedy decoder typically makes: stray cells, an object off
-by one, a wrong colour for a whole object).
+by one, a wrong colour for a whole object), or a wrong shape: a row or column dropped (``crop``)
+or repeated (``extend``), for the refiner's output canvas (``datamodules/canvas.py``).
 """
 
 from __future__ import annotations
@@ -21,10 +22,11 @@ import numpy as np
 import torch
 
 from gridlm.datamodules.serialize import grid_layout
-from gridlm.datamodules.tokens import N_COLOURS, PAD, ROLE_SPECIAL, ROLE_TEST_OUTPUT
+from gridlm.datamodules.tokens import MAX_SIDE, N_COLOURS, PAD, ROLE_SPECIAL, ROLE_TEST_OUTPUT
 
-CorruptionName = Literal["flip", "shift", "recolour"]
-CORRUPTIONS: tuple[str, ...] = ("flip", "shift", "recolour")
+CorruptionName = Literal["flip", "shift", "recolour", "crop", "extend"]
+CORRUPTIONS: tuple[str, ...] = ("flip", "shift", "recolour", "crop", "extend")
+SAME_SHAPE_CORRUPTIONS: tuple[str, ...] = ("flip", "shift", "recolour")  # the rest change the shape
 
 
 def query_output_start(batch: dict) -> list[int]:
@@ -108,12 +110,14 @@ def corrupt(
     cell_prob: float = 0.1,
 ) -> np.ndarray:
     """A copy of ``grid`` with one error of a kind drawn uniformly from ``kinds``; it always
-    differs from ``grid`` in at least one cell.
+    differs from ``grid`` (in at least one cell, or in shape).
 
     - ``flip``: every cell takes another random colour with probability ``cell_prob`` (at least one);
     - ``shift``: the content of a random rectangle moves one cell up, down, left or right
       (``np.roll`` inside the rectangle);
-    - ``recolour``: inside a random rectangle, one colour present there becomes another colour.
+    - ``recolour``: inside a random rectangle, one colour present there becomes another colour;
+    - ``crop``: one random row or column is removed (``extend`` when the grid is 1x1);
+    - ``extend``: one random row or column is repeated next to itself (``crop`` at 30x30).
 
     A kind that leaves the grid unchanged (a uniform region) falls back to ``flip``."""
     for k in kinds:
@@ -125,6 +129,8 @@ def corrupt(
     h, w = grid.shape
     out = grid.copy()
     kind = kinds[int(rng.integers(len(kinds)))]
+    if kind in ("crop", "extend"):
+        return _reshape(grid, rng, kind)
     r0, c0 = int(rng.integers(h)), int(rng.integers(w))
     r1, c1 = int(rng.integers(r0 + 1, h + 1)), int(rng.integers(c0 + 1, w + 1))  # a non-empty rectangle
     region = out[r0:r1, c0:c1]  # a view: editing it edits out
@@ -140,3 +146,16 @@ def corrupt(
         flips.flat[int(rng.integers(h * w))] = True
         out[flips] = (grid[flips] + rng.integers(1, N_COLOURS, size=int(flips.sum()))) % N_COLOURS
     return out
+
+
+def _reshape(grid: np.ndarray, rng: np.random.Generator, kind: str) -> np.ndarray:
+    """``grid`` with one row or column removed (``crop``) or repeated (``extend``): a wrong shape."""
+    h, w = grid.shape
+    axes = [a for a, n in enumerate((h, w)) if (n > 1 if kind == "crop" else n < MAX_SIDE)]
+    if not axes:  # 1x1 cannot shrink, 30x30 cannot grow
+        return _reshape(grid, rng, "extend" if kind == "crop" else "crop")
+    axis = axes[int(rng.integers(len(axes)))]
+    i = int(rng.integers(grid.shape[axis]))
+    if kind == "crop":
+        return np.delete(grid, i, axis=axis)
+    return np.insert(grid, i, np.take(grid, i, axis=axis), axis=axis)

@@ -310,12 +310,16 @@ class Transformer(nn.Module):
         positions: Positions,
         cache: KVCache | None = None,
         key_padding_mask: Tensor | None = None,
+        input_add: Tensor | None = None,
     ) -> Tensor:
         """Final normalised hidden states ``(B, T, d_model)``.
 
         ``key_padding_mask`` (B, T) True for real tokens: only needed by bidirectional models
-        (a causal model never lets a real token see right-padding)."""
+        (a causal model never lets a real token see right-padding). ``input_add`` (B, T, C) is
+        added to the token embeddings (the refiner's carried latent state, TRM's input injection)."""
         x = self.embed(tokens)  # (B, T, C)
+        if input_add is not None:
+            x = x + input_add.to(x.dtype)
         add = self.encodings.additive(positions)
         if add is not None:
             x = x + add.to(x.dtype)

@@ -1,4 +1,7 @@
-"""The refinement network: draft sequences, corruptions, K passes, draft caching, CLI, and the gain."""
+"""The refinement network: draft sequences, corruptions, passes, draft caching, CLI, and the gain.
+
+The output canvas, recursion with deep supervision, halting and the recursion gain are in
+``tests/test_refiner_canvas.py``."""
 
 from __future__ import annotations
 
@@ -11,7 +14,7 @@ import torch
 import yaml
 
 from gridlm.datamodules.datamodule import GridDataModule
-from gridlm.datamodules.drafts import CORRUPTIONS, corrupt, draft_batch
+from gridlm.datamodules.drafts import SAME_SHAPE_CORRUPTIONS, corrupt, draft_batch
 from gridlm.datamodules.serialize import serialize_example
 from gridlm.datamodules.tasks import Pair
 from gridlm.experiments.cli import cli_main, main
@@ -87,13 +90,27 @@ def test_draft_batch_equals_the_serializer_with_the_draft_as_query_output(order,
         assert (inp["tokens"][b, n:] == 10).all()  # PAD
 
 
-@pytest.mark.parametrize("kind", CORRUPTIONS)
+@pytest.mark.parametrize("kind", SAME_SHAPE_CORRUPTIONS)
 def test_corrupt_always_changes_the_grid_and_keeps_its_shape(kind):
     rng = np.random.default_rng(0)
     for _ in range(200):
         g = rng.integers(0, 3, size=(int(rng.integers(1, 6)), int(rng.integers(1, 6))))
         c = corrupt(g, rng, kinds=[kind])
         assert c.shape == g.shape and not np.array_equal(c, g) and c.min() >= 0 and c.max() <= 9
+
+
+@pytest.mark.parametrize("kind", ["crop", "extend"])
+def test_shape_corruptions_drop_or_repeat_one_row_or_column(kind):
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        g = rng.integers(0, 10, size=(int(rng.integers(1, 6)), int(rng.integers(1, 6))))
+        c = corrupt(g, rng, kinds=[kind])
+        dh, dw = c.shape[0] - g.shape[0], c.shape[1] - g.shape[1]
+        grew = kind == "extend" or g.shape == (1, 1)  # a 1x1 grid cannot be cropped
+        assert sorted((abs(dh), abs(dw))) == [0, 1] and (dh + dw > 0) == grew
+        assert set(np.unique(c)) <= set(np.unique(g))  # rows/columns are removed or repeated, never invented
+    full = np.zeros((30, 30), dtype=int)
+    assert max(corrupt(full, rng, kinds=["extend"]).shape) == 30  # never beyond 30x30
 
 
 def test_corrupt_rejects_unknown_kinds():
@@ -105,19 +122,21 @@ def test_corrupt_rejects_unknown_kinds():
 def test_zero_passes_return_the_draft_and_passes_stop_when_nothing_changes():
     dm = _datamodule()
     batch = next(iter(dm.val_dataloader()))
-    model = RefinementNetwork(**TINY, draft_ratio=0.0, n_passes=0).eval()
+    model = RefinementNetwork(**TINY, draft_ratio=0.0, n_passes=0, halt_threshold=None).eval()
     drafts = model.eval_drafts(batch, "val")
     out = model.refine(batch, drafts)
     assert all(np.array_equal(a, b) for a, b in zip(out, drafts))
     calls = []
-    original = model.cell_logits
-    model.cell_logits = lambda inp: calls.append(inp["tokens"].shape[0]) or original(inp)
-    once = model.refine(batch, drafts, n_passes=1)
+    original = model.forward_pass
+    model.forward_pass = lambda inp, z: calls.append(inp["tokens"].shape[0]) or original(inp, z)
+    model.refine(batch, drafts, n_passes=1)
+    assert len(calls) == 1
     calls.clear()
-    many = model.refine(batch, drafts, n_passes=50)
+    per_pass, _, used = model.refine_passes(batch, drafts, n_passes=50)
     assert len(calls) < 50, "refinement must stop once a pass changes nothing"
-    assert all(a.shape == d.shape for a, d in zip(many, drafts))
-    assert all(a.shape == d.shape for a, d in zip(once, drafts))
+    assert len(per_pass) == 50 and max(used) == len(calls)
+    for i, n in enumerate(used):  # a row's last pass changed nothing: every later grid is the same
+        assert all(np.array_equal(per_pass[k][i], per_pass[n - 1][i]) for k in range(n, 50) if per_pass[k][i] is not None)
 
 
 def test_a_stream_gets_new_drafts_for_the_new_tasks_of_each_epoch():
@@ -130,7 +149,8 @@ def test_a_stream_gets_new_drafts_for_the_new_tasks_of_each_epoch():
         loader.batch_sampler.set_epoch(epoch)
         model.on_train_epoch_start()
         for batch in loader:
-            drafts, _, _ = model.training_drafts(batch)
+            drafts, counts = model.training_drafts(batch)
+            assert counts["base"] == len(drafts) and counts["wrong_shape"] == 0
             assert all(np.shape(d) == np.shape(m["target"]) for d, m in zip(drafts, batch["meta"]))
     assert fake.rows == 16  # every task of both epochs decoded once
 
@@ -140,14 +160,15 @@ def test_panel_grids_show_input_target_draft_and_refined():
     from gridlm.experiments.show import grids_to_image
 
     batch = next(iter(_datamodule().val_dataloader()))
-    model = RefinementNetwork(**TINY, draft_ratio=0.0).eval()
+    model = RefinementNetwork(**TINY, draft_ratio=0.0, corruptions=["flip"]).eval()
     panels = model.panel_grids(batch, [0, 2])
     assert len(panels) == 2
     for (grids, caption), r in zip(panels, [0, 2]):
         meta = batch["meta"][r]
         assert [label for label, _ in grids] == ["input", "target", "draft", "refined"]
         np.testing.assert_array_equal(grids[1][1], meta["target"])
-        assert grids[2][1].shape == grids[3][1].shape == np.shape(meta["target"])
+        assert grids[2][1].shape == np.shape(meta["target"])
+        assert grids[3][1] is None or grids[3][1].ndim == 2  # the refined grid may have any shape
         assert caption.startswith(f"{meta['task_id']} test {meta['query']}: refined ")
         image = grids_to_image(grids)  # (H, W, 3)
         assert image.shape[1] == 4 * image.shape[0] and image.shape[2] == 3
@@ -165,8 +186,8 @@ def test_each_draft_is_decoded_once_per_epoch():
     train = list(dm.train_dataloader())
     for _ in range(2):  # the same epoch seen twice (e.g. a retried step): no new decodes
         for batch in train:
-            drafts, n_base, n_wrong = model.training_drafts(batch)
-            assert n_base == len(drafts) and n_wrong == 0
+            drafts, counts = model.training_drafts(batch)
+            assert counts["base"] == len(drafts) and counts["wrong_shape"] == 0
     assert fake.rows == n_val + len(dm.datasets["train"])
     model.on_train_epoch_start()  # a new epoch: augmented training drafts are dropped, validation drafts kept
     for batch in val:
@@ -175,17 +196,36 @@ def test_each_draft_is_decoded_once_per_epoch():
     assert all(k[0] == "val" or k[-1][0] == 0 for k in model.draft_cache)
 
 
-def test_training_replaces_wrong_shape_base_drafts_by_corrupted_targets():
+def test_training_keeps_wrong_shape_and_unfinished_base_drafts_for_the_canvas():
     dm = _datamodule()
     model, fake = _refiner_with_fake_base(draft_ratio=1.0)
     batch = next(iter(dm.train_dataloader()))
     fake.decode_batch = lambda b, rows, _d=fake.decode_batch: [
-        type(d)(np.zeros((1, 1), dtype=np.int64), None, 0.0, 0, []) for d in _d(b, rows)
-    ]  # every base draft has the wrong shape
-    drafts, n_base, n_wrong = model.training_drafts(batch)
-    assert n_base == 0 and n_wrong == fake.rows == len(drafts)
-    for d, m in zip(drafts, batch["meta"]):
-        assert d.shape == np.shape(m["target"]) and not np.array_equal(d, m["target"])
+        type(d)(np.zeros((1, 1), dtype=np.int64) if i % 2 else None, None if i % 2 else "unfinished", 0.0, 0, [])
+        for i, d in enumerate(_d(b, rows))
+    ]  # every base draft has the wrong shape or did not finish
+    drafts, counts = model.training_drafts(batch)
+    assert counts["base"] == counts["wrong_shape"] == fake.rows == len(drafts)
+    assert [d is None for d in drafts] == [i % 2 == 0 for i in range(len(drafts))]
+    losses, _ = model.pass_losses(batch, drafts, [np.asarray(m["target"]) for m in batch["meta"]])
+    assert len(losses) == model.train_passes and all(torch.isfinite(x) for x in losses)
+
+
+def test_the_draft_mix_follows_the_configured_ratios():
+    dm = _datamodule(n_synthetic=40, max_val_examples=2)
+    model, _ = _refiner_with_fake_base(draft_ratio=0.3, empty_ratio=0.5)
+    counts = {"base": 0, "corrupt": 0, "empty": 0}
+    for batch in dm.train_dataloader():
+        drafts, c = model.training_drafts(batch)
+        for k in counts:
+            counts[k] += c[k]
+        for d, m in zip(drafts, batch["meta"]):
+            assert d is None or d.ndim == 2
+    n = sum(counts.values())
+    assert n >= 30 and all(counts.values()), counts
+    assert abs(counts["empty"] / n - 0.5) < 0.25 and abs(counts["base"] / n - 0.3) < 0.25, counts
+    with pytest.raises(ValueError, match=r"model.draft_ratio \+ model.empty_ratio must be <= 1"):
+        RefinementNetwork(**TINY, draft_ratio=0.6, empty_ratio=0.6)
 
 
 def test_missing_base_checkpoint_is_one_error_naming_option_and_path(tmp_path, capsys):
@@ -246,7 +286,9 @@ def test_cli_fit_validate_predict_with_an_untrained_base(tmp_path):
     extra = {"--data.synthetic_max_side": "3", "--data.max_val_examples": "4", "--model.draft_ratio": "0.0"}
     fit = cli_main(["fit", *refiner_flags(tmp_path, base, steps=2, **extra)])
     metrics = read_metrics(fit.trainer.log_dir)
-    for key in ("train/loss", "val/loss", "val/exact_match_draft", "val/exact_match_refined", "val/cells_fixed", "val/cells_broken"):
+    keys = ("train/loss", "train/loss_pass_1", "val/loss", "val/exact_match_draft", "val/exact_match_pass_1", "val/exact_match_refined",
+            "val/cells_fixed", "val/cells_broken", "val/wrong_shape_drafts", "val/wrong_shape_refined", "val/shapes_fixed")  # fmt: skip
+    for key in keys:
         assert key in metrics, key
     ckpt = fit.trainer.checkpoint_callback.last_model_path
     assert not any(k.startswith("_base") for k in torch.load(ckpt, weights_only=True)["state_dict"])
