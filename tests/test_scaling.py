@@ -1,0 +1,452 @@
+"""Scaling out (docs/scaling.md): many devices and nodes through Lightning, on one CPU machine.
+
+Every multi-process run here trains the tiny model of ``test_cli.tiny_flags`` on 36 synthetic
+training examples with ``data.global_batch_size 6`` for 6 steps (one epoch), checkpointing
+every 3 steps. The reference is Lightning's own two-rank DDP launch (``--trainer.devices 2``).
+
+- two ``torchrun`` "nodes" on localhost (one process each) and a SLURM job (the real sbatch
+  template run by bash, with a stand-in ``srun`` that starts the tasks with the variables SLURM
+  sets) are the same 2-rank run: equal metrics, bit for bit, and one set of logs/checkpoints.
+- resume across world sizes: the step-3 checkpoint of 2 ranks continues on 1 process, and a
+  1-process checkpoint on 2 ranks. Exact: the step count, the optimizer's schedule-free state
+  (``k``, ``weight_sum``, ``lr_max`` are pure functions of the step count, so an optimizer
+  restarted at the resume would differ), and the data position: together the two halves see
+  every training example exactly once. Not exact: after the resume the same examples are
+  grouped into other batches (one batch of 6 instead of 3 + 3 drawn from other length buckets,
+  and DDP averages the ranks' mean losses where one process takes the mean over all tokens), so
+  the final ``val/loss`` agrees within 1 % (measured: < 0.1 %), as in ``test_ddp.py``.
+- FSDP on CPU (gloo): trains exactly like DDP (same losses and validation; every rank decodes a
+  different number of examples); full checkpoints validate and predict in one process, sharded
+  ones under FSDP, and in one process after ``consolidate_checkpoint``; the refiner trains under
+  FSDP as under DDP.
+- one-line errors: too many devices, a global batch that does not divide, an unreachable master,
+  a sharded checkpoint without FSDP.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import pytest
+import torch
+
+from gridlm.datamodules.batching import BucketBatchSampler, per_device_batch
+from gridlm.datamodules.resumable import ResumableDataLoader
+from gridlm.experiments.cli import cli_main, main
+from gridlm.experiments.fsdp import GridFSDPStrategy
+from test_cli import CONFIGS, read_metrics, tiny_flags
+
+TESTS = Path(__file__).resolve().parent
+BIN = Path(sys.executable).parent
+STEPS, GLOBAL_BATCH, N_TRAIN = 6, 6, 36
+CALLBACKS = json.dumps([
+    {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+     "init_args": {"save_last": True, "save_top_k": -1, "every_n_train_steps": 3, "filename": "{step}"}},
+    {"class_path": "test_scaling.SeenExamples"},
+])  # fmt: skip
+
+
+class SeenExamples(L.Callback):
+    """Writes ``seen_rank<r>.json`` into ``default_root_dir``: step -> training example indices."""
+
+    def __init__(self) -> None:
+        self.seen: dict[int, list[int]] = {}
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self.seen[trainer.global_step] = [int(m["index"]) for m in batch["meta"]]
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        Path(trainer.default_root_dir, f"seen_rank{trainer.global_rank}.json").write_text(json.dumps(self.seen))
+
+
+def flags(root: Path, **extra: str) -> list[str]:
+    """The tiny run; ``n_generate 3``: rank 0 decodes 2 validation examples, rank 1 one."""
+    return tiny_flags(root, steps=STEPS, **{
+        "--data.global_batch_size": str(GLOBAL_BATCH), "--model.n_generate": "3", "--trainer.callbacks": CALLBACKS, **extra,
+    })  # fmt: skip
+
+
+def env(**extra: str) -> dict:
+    path = os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])  # SeenExamples in the children
+    return {**os.environ, "WANDB_MODE": "disabled", "PYTHONPATH": path, "GRIDLM_DEBUG": "", **extra}
+
+
+def run(args: list[str], cwd: Path, timeout: float = 600, **env_extra: str) -> subprocess.CompletedProcess:
+    cwd.mkdir(parents=True, exist_ok=True)
+    return subprocess.run(args, cwd=cwd, env=env(**env_extra), capture_output=True, text=True, timeout=timeout)
+
+
+def gridlm(*args: str) -> list[str]:
+    return [sys.executable, "-m", "gridlm.experiments.cli", *args]
+
+
+def free_port(low: int = 20000, high: int = 30000) -> int:
+    for _ in range(200):
+        port = random.randint(low, high)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port")
+
+
+def log_dir(root: Path) -> Path:
+    return root / "runs" / "t" / "version_0"
+
+
+def seen(root: Path) -> dict[int, list[int]]:
+    """step -> examples of that step over every rank of the run in ``root``."""
+    out: dict[int, list[int]] = {}
+    for f in sorted(root.glob("seen_rank*.json")):
+        for step, idx in json.loads(f.read_text()).items():
+            out.setdefault(int(step), []).extend(idx)
+    return out
+
+
+def same_metrics(a: Path, b: Path) -> None:
+    """Every logged value equal, throughput aside."""
+    ma, mb = read_metrics(str(a)), read_metrics(str(b))
+    keys = {k for k in ma if k != "train/tokens_per_s"}
+    assert keys == {k for k in mb if k != "train/tokens_per_s"}
+    for k in keys:
+        assert ma[k] == mb[k], k
+
+
+def one_set_of_outputs(root: Path) -> None:
+    assert [p.name for p in (root / "runs" / "t").iterdir()] == ["version_0"]
+    assert len(list(root.rglob("metrics.csv"))) == 1 and len(list(root.rglob("run_summary.json"))) == 1
+    assert sorted(p.name for p in (log_dir(root) / "checkpoints").iterdir()) == ["last.ckpt", "step=3.ckpt", "step=6.ckpt"]
+
+
+def optimizer_group(ckpt: Path) -> dict:
+    return torch.load(ckpt, weights_only=True)["optimizer_states"][0]["param_groups"][0]
+
+
+def every_example_once(first: dict[int, list[int]], second: dict[int, list[int]]) -> None:
+    """Steps 0-2 of one run and 3-5 of another together see each training example once."""
+    assert sorted(first) == [0, 1, 2, 3, 4, 5] and sorted(second) == [3, 4, 5]
+    examples = [i for s in (0, 1, 2) for i in first[s]] + [i for s in (3, 4, 5) for i in second[s]]
+    assert sorted(examples) == list(range(N_TRAIN))
+
+
+# ---------------------------------------------------------------- the reference: Lightning's 2-rank DDP
+@pytest.fixture(scope="module")
+def ddp_run(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("ddp")
+    proc = run(gridlm("fit", *flags(root), "--config", "scale/ddp", "--trainer.devices", "2"), root)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return root
+
+
+@pytest.mark.slow
+def test_two_torchrun_nodes_on_localhost_are_the_ddp_run(ddp_run, tmp_path):
+    """docs/scaling.md: torchrun on each node, one process per node here."""
+    port = free_port()
+    procs = [
+        subprocess.Popen([str(BIN / "torchrun"), "--nnodes", "2", "--node_rank", str(rank), "--nproc_per_node", "1",
+                          "--master_addr", "127.0.0.1", "--master_port", str(port),
+                          "-m", "gridlm.experiments.cli", "fit", *flags(tmp_path), "--config", "scale/ddp",
+                          "--trainer.num_nodes", "2", "--trainer.devices", "1"],
+                         cwd=tmp_path, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for rank in (0, 1)
+    ]  # fmt: skip
+    outs = [p.communicate(timeout=600) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs[0][1][-3000:] + outs[1][1][-3000:]
+    one_set_of_outputs(tmp_path)
+    same_metrics(log_dir(ddp_run), log_dir(tmp_path))
+    assert seen(tmp_path) == seen(ddp_run)
+
+
+SRUN = """#!/bin/bash
+# stands in for srun: starts SLURM_NTASKS tasks with the variables srun gives each task
+pids=()
+for ((i = 0; i < SLURM_NTASKS; i++)); do
+    SLURM_PROCID=$i SLURM_LOCALID=$((i % SLURM_NTASKS_PER_NODE)) SLURM_NODEID=$((i / SLURM_NTASKS_PER_NODE)) "$@" &
+    pids+=($!)
+done
+status=0
+for p in "${pids[@]}"; do wait "$p" || status=$?; done
+exit $status
+"""
+
+
+@pytest.mark.slow
+def test_the_sbatch_template_under_slurm_variables_is_the_ddp_run(ddp_run, tmp_path):
+    """configs/scale/slurm.sbatch run by bash as sbatch would (2 nodes x 1 task): Lightning's
+    SLURMEnvironment takes ranks from SLURM_PROCID/LOCALID/NODEID, MASTER_ADDR from
+    SLURM_NODELIST and MASTER_PORT from the job id."""
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "srun").write_text(SRUN)
+    (fake / "srun").chmod(0o755)
+    job_port = free_port(15000, 24999)
+    slurm = {
+        "PATH": f"{fake}{os.pathsep}{BIN}{os.pathsep}{os.environ['PATH']}",
+        "SLURM_JOB_ID": f"9{job_port - 15000:04d}", "SLURM_JOB_NAME": "gridlm", "SLURM_NODELIST": "127.0.0.1",
+        "SLURM_NNODES": "2", "SLURM_NTASKS": "2", "SLURM_NTASKS_PER_NODE": "1",
+    }  # fmt: skip
+    for k in ("MASTER_ADDR", "MASTER_PORT"):
+        os.environ.pop(k, None)
+    root = tmp_path / "job"
+    proc = run(["bash", str(CONFIGS / "scale" / "slurm.sbatch"), *flags(root)], root, **slurm)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stderr.count("SLURM auto-requeueing enabled") == 2  # both tasks found the SLURM environment
+    one_set_of_outputs(root)
+    same_metrics(log_dir(ddp_run), log_dir(root))
+
+
+# ---------------------------------------------------------------- resume across world sizes
+@pytest.mark.slow
+def test_a_two_rank_checkpoint_resumes_on_one_process(ddp_run, tmp_path):
+    ckpt = log_dir(ddp_run) / "checkpoints" / "step=3.ckpt"
+    cli = cli_main(["fit", *flags(tmp_path), "--ckpt_path", str(ckpt)])
+    assert cli.trainer.global_step == STEPS and cli.datamodule.batch_size == GLOBAL_BATCH
+    mine = read_metrics(cli.trainer.log_dir)
+    assert mine["step"][0] == 3 and len(mine["train/loss"]) == 3  # steps 3, 4, 5
+    every_example_once(seen(ddp_run), seen(tmp_path))
+    ref, res = optimizer_group(log_dir(ddp_run) / "checkpoints" / "last.ckpt"), optimizer_group(Path(cli.trainer.log_dir) / "checkpoints" / "last.ckpt")
+    assert res["k"] == ref["k"] == STEPS
+    assert (res["weight_sum"], res["lr_max"]) == pytest.approx((ref["weight_sum"], ref["lr_max"]), rel=1e-12)
+    assert mine["val/loss"][-1] == pytest.approx(read_metrics(str(log_dir(ddp_run)))["val/loss"][-1], rel=0.01)
+
+
+@pytest.mark.slow
+def test_a_one_process_checkpoint_resumes_on_two_ranks(tmp_path):
+    single = cli_main(["fit", *flags(tmp_path / "one")])
+    ckpt = Path(single.trainer.log_dir) / "checkpoints" / "step=3.ckpt"
+    root = tmp_path / "two"
+    proc = run(gridlm("fit", *flags(root), "--config", "scale/ddp", "--trainer.devices", "2", "--ckpt_path", str(ckpt)), root)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "from a checkpoint of 1 x 6: 18 of 36 examples consumed, the other 18 dealt as 3 batch(es) per replica" in proc.stderr
+    every_example_once(seen(tmp_path / "one"), seen(root))
+    mine = read_metrics(str(log_dir(root)))
+    assert mine["step"][0] == 3 and len(mine["train/loss"]) == 3
+    ref, res = optimizer_group(Path(single.trainer.log_dir) / "checkpoints" / "last.ckpt"), optimizer_group(log_dir(root) / "checkpoints" / "last.ckpt")
+    assert res["k"] == ref["k"] == STEPS
+    assert (res["weight_sum"], res["lr_max"]) == pytest.approx((ref["weight_sum"], ref["lr_max"]), rel=1e-12)
+    assert mine["val/loss"][-1] == pytest.approx(read_metrics(single.trainer.log_dir)["val/loss"][-1], rel=0.01)
+
+
+LENGTHS = np.arange(37) % 7 + 1  # 37 examples: batches do not divide evenly
+
+
+def _loader(batch_size: int, replicas: int, rank: int, done: int = 0) -> ResumableDataLoader:
+    s = BucketBatchSampler(LENGTHS, batch_size, seed=3, bucket_factor=2, num_replicas=replicas, rank=rank)
+    loader = ResumableDataLoader(list(range(len(LENGTHS))), batch_sampler=s, collate_fn=lambda x: x)
+    loader.progress = lambda: done
+    return loader
+
+
+@pytest.mark.parametrize(
+    "old,new", [((2, 3), (1, 6)), ((1, 6), (2, 3)), ((2, 3), (3, 2)), ((1, 4), (2, 3)), ((3, 2), (2, 2))],
+    ids=["2x3->1x6", "1x6->2x3", "2x3->3x2", "1x4->2x3", "3x2->2x2"],
+)  # fmt: skip
+@pytest.mark.parametrize("done", [1, 3])
+def test_an_epoch_resumed_under_another_layout_sees_each_example_once(old, new, done):
+    """(replicas, per-device batch) -> another; ``done`` batches per old replica consumed. The
+    new replicas deal the rest of the epoch; Lightning's batch counter is moved so the epoch
+    ends when the rest is used up; a second resume mid-way continues exactly (same layout)."""
+    (w0, b0), (w1, b1) = old, new
+    old_loader = _loader(b0, w0, 0, done)
+    old_loader.batch_sampler.set_epoch(1)
+    first = [i for b in old_loader.batch_sampler.batches(1)[: done * w0] for i in b]
+    state = old_loader.state_dict()
+    rest, positions = [], []
+    for rank in range(w1):
+        loader = _loader(b1, w1, rank)
+        loader.set_progress = positions.append
+        loader.load_state_dict(state)
+        batches = list(loader.batch_sampler)
+        assert positions[-1] + len(batches) == len(loader.batch_sampler)  # the epoch ends with the rest
+        rest += [i for b in batches for i, epoch in b]
+    assert set(first).isdisjoint(rest) and set(first) | set(rest) == set(range(len(LENGTHS)))
+    assert len(rest) - len(set(rest)) < w1 * b1  # repeats only to even out the last round of ranks
+
+    # checkpoint again one batch later under the new layout, resume with the same layout: the same batches
+    loader = _loader(b1, w1, 0, done=positions[0] + 1)
+    loader.load_state_dict(state)
+    full = list(loader.batch_sampler)
+    again = _loader(b1, w1, 0)
+    again.load_state_dict(loader.state_dict())
+    assert list(again.batch_sampler) == full[1:]
+
+
+def test_a_changed_dataset_still_restarts_the_epoch():
+    loader = _loader(3, 2, 0, done=2)
+    state = loader.state_dict()
+    s = BucketBatchSampler(np.arange(40) % 7 + 1, 3, seed=3, bucket_factor=2)
+    with pytest.warns(UserWarning, match="n_examples 37 in the checkpoint vs 40 now"):
+        ResumableDataLoader(list(range(40)), batch_sampler=s, collate_fn=lambda x: x).load_state_dict(state)
+    assert (s.epoch, s.start_batch, s.exclude) == (0, 0, None)
+
+
+# ---------------------------------------------------------------- FSDP on CPU
+@pytest.fixture(scope="module")
+def fsdp_full(ddp_run, tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("fsdp")
+    proc = run(gridlm("fit", *flags(root), "--config", "scale/ddp", "--trainer.devices", "2", "--trainer.strategy", "fsdp"), root)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return root
+
+
+def _validate(ckpt: Path, root: Path) -> dict[str, float]:
+    val = cli_main(["validate", *flags(root), "--ckpt_path", str(ckpt)])
+    return {k: float(v) for k, v in val.trainer.callback_metrics.items() if k.startswith("val/")}
+
+
+@pytest.mark.slow
+def test_fsdp_trains_as_ddp_and_its_checkpoint_validates_and_predicts_on_one_process(ddp_run, fsdp_full, tmp_path):
+    m_ddp, m_fsdp = read_metrics(str(log_dir(ddp_run))), read_metrics(str(log_dir(fsdp_full)))
+    for k in ("train/loss", "val/loss", "val/cell_acc", "val/exact_match"):
+        assert m_fsdp[k] == pytest.approx(m_ddp[k], rel=1e-6), k  # sharded gradients reduce as DDP's do
+    ckpt = log_dir(fsdp_full) / "checkpoints" / "last.ckpt"
+    assert ckpt.is_file() and torch.load(ckpt, weights_only=True)["state_dict"]["model.embed.weight"].shape[1] == 16
+    one = _validate(ckpt, tmp_path / "val")  # one process, the whole validation set: the synced metrics
+    assert one["val/loss"] == pytest.approx(m_fsdp["val/loss"][-1], abs=1e-5)
+    assert one["val/cell_acc"] == pytest.approx(m_fsdp["val/cell_acc"][-1], abs=1e-6)
+    out = tmp_path / "sub.json"
+    assert main(["predict", *tiny_flags(tmp_path / "pred"), "--ckpt_path", str(ckpt), "--out", str(out)]) == 0
+    assert len(json.loads(out.read_text())) == 12
+
+
+@pytest.mark.slow
+def test_fsdp_sharded_checkpoints_load_under_fsdp_and_after_consolidation(fsdp_full, tmp_path, capsys):
+    root = tmp_path / "sharded"
+    proc = run(gridlm("fit", *flags(root), "--config", "scale/fsdp", "--trainer.devices", "2",
+                      "--trainer.strategy.init_args.state_dict_type", "sharded"), root)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    folder = log_dir(root) / "checkpoints" / "last.ckpt"
+    assert folder.is_dir() and (folder / "meta.pt").is_file()
+    same_metrics(log_dir(fsdp_full), log_dir(root))
+
+    # validate under FSDP straight from the shards, on 2 ranks
+    proc = run(gridlm("validate", *flags(tmp_path / "v"), "--trainer.devices", "2", "--trainer.strategy", "fsdp",
+                      "--ckpt_path", str(folder)), tmp_path / "v")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    full = _validate(log_dir(fsdp_full) / "checkpoints" / "last.ckpt", tmp_path / "full")
+    sharded = read_metrics(str(log_dir(tmp_path / "v")))  # the same weights, read from the shards
+    for k in ("val/loss", "val/cell_acc"):
+        assert sharded[k][-1] == pytest.approx(full[k], abs=1e-6), k
+
+    # one process: a one-line error naming the consolidation command, which then makes a file that loads
+    code = main(["validate", *flags(tmp_path / "w"), "--ckpt_path", str(folder)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and err[-1].startswith("gridlm: error: --ckpt_path") and "consolidate_checkpoint" in err[-1]
+    proc = run([sys.executable, "-m", "lightning.pytorch.utilities.consolidate_checkpoint", str(folder)], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    merged = folder.with_name("last.ckpt.consolidated")
+    assert _validate(merged, tmp_path / "m") == pytest.approx(full, abs=1e-6)
+    out = tmp_path / "sub.json"
+    assert main(["predict", *tiny_flags(tmp_path / "pred"), "--ckpt_path", str(merged), "--out", str(out)]) == 0
+    assert len(json.loads(out.read_text())) == 12
+
+
+@pytest.mark.slow
+def test_the_refiner_trains_under_fsdp_as_under_ddp(ddp_run, tmp_path):
+    base = str(log_dir(ddp_run) / "checkpoints" / "last.ckpt")
+
+    def refiner(root: Path, strategy: str) -> Path:
+        args = flags(root, **{"--trainer.limit_val_batches": "0", "--model.draft_ratio": "0.0", "--model.base_checkpoint": base})
+        args[args.index("--config") + 1] = str(CONFIGS / "refiner.yaml")
+        i = args.index("--model.n_generate")
+        del args[i : i + 2]  # a base-model option
+        proc = run(gridlm("fit", *args, "--trainer.devices", "2", "--trainer.strategy", strategy), root)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return log_dir(root)
+
+    ddp, fsdp = refiner(tmp_path / "ddp", "ddp"), refiner(tmp_path / "fsdp", "fsdp")
+    assert read_metrics(str(fsdp))["train/loss"] == pytest.approx(read_metrics(str(ddp))["train/loss"], rel=1e-6)
+    a = torch.load(ddp / "checkpoints" / "last.ckpt", weights_only=True)
+    b = torch.load(fsdp / "checkpoints" / "last.ckpt", weights_only=True)
+    assert a["state_dict"].keys() == b["state_dict"].keys()
+    for k, v in a["state_dict"].items():
+        torch.testing.assert_close(b["state_dict"][k], v, rtol=1e-5, atol=1e-6, msg=k)
+
+
+# ---------------------------------------------------------------- configs and one-line errors
+@pytest.mark.parametrize("model", ["quickstart", "base", "refiner"])
+@pytest.mark.parametrize("fragment", ["scale/ddp", "scale/fsdp"])
+def test_scale_fragments_compose_with_every_model_config(model, fragment, tmp_path):
+    extra = ["--model.draft_ratio", "0.0"] if model == "refiner" else []
+    cli = cli_main(["--config", model, "--config", fragment, "--trainer.accelerator", "cpu", "--trainer.devices", "2",
+                    "--model.d_model", "16", "--model.n_layers", "1", "--model.n_heads", "2",  # quick to build
+                    "--trainer.default_root_dir", str(tmp_path), "--wandb_mode", "disabled", *extra], run=False)  # fmt: skip
+    strategy = cli.trainer.strategy
+    assert type(strategy).__name__ == ("DDPStrategy" if fragment == "scale/ddp" else "GridFSDPStrategy")
+    assert cli.trainer.num_devices == 2 and cli.model.hparams["d_model"] > 0
+
+
+def test_the_fsdp_name_is_gridlms_strategy(tmp_path):
+    cli = cli_main(["--config", "quickstart", "--trainer.strategy", "fsdp", "--trainer.devices", "2",
+                    "--trainer.default_root_dir", str(tmp_path), "--wandb_mode", "disabled"], run=False)  # fmt: skip
+    assert isinstance(cli.trainer.strategy, GridFSDPStrategy) and cli.trainer.strategy._state_dict_type == "full"
+
+
+def _error(args: list[str], capsys) -> str:
+    code = main(args)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2, err
+    return err[-1]
+
+
+def test_more_devices_than_the_machine_has_is_one_line(tmp_path, capsys):
+    cores = len(os.sched_getaffinity(0))
+    line = _error(["fit", *tiny_flags(tmp_path), "--trainer.devices", str(cores + 1)], capsys)
+    assert line == (f"gridlm: error: --trainer.devices {cores + 1}: this machine has {cores} CPU cores "
+                    f"(accelerator cpu runs one process per device); use at most {cores}")  # fmt: skip
+    if not torch.cuda.is_available():
+        line = _error(["fit", *tiny_flags(tmp_path), "--trainer.accelerator", "gpu"], capsys)
+        assert line == "gridlm: error: --trainer.devices 1: this machine has 0 CUDA GPUs; use --trainer.accelerator cpu"
+
+
+def test_a_global_batch_that_does_not_divide_is_one_line(tmp_path, capsys):
+    line = _error(["fit", *tiny_flags(tmp_path), "--trainer.devices", "2", "--trainer.strategy", "ddp",
+                   "--data.global_batch_size", "5"], capsys)  # fmt: skip
+    assert line == ("gridlm: error: data.global_batch_size 5 does not divide over 2 devices (--trainer.num_nodes 1 x "
+                    "--trainer.devices 2): the per-device batch would be 2.5; use a multiple of 2 (4 or 6), "
+                    "or set data.batch_size (per device) instead")  # fmt: skip
+    assert per_device_batch(12, 4, "x") == 3
+    with pytest.raises(ValueError, match="x 8 does not divide over 3 devices: .* multiple of 3 \\(6 or 9\\)"):
+        per_device_batch(8, 3, "x")
+
+
+def test_a_node_that_cannot_reach_the_master_fails_in_one_line(tmp_path, capsys, monkeypatch):
+    """Node 1 of 2 with nobody listening on MASTER_PORT: a one-line error after --master_timeout,
+    not torch's 30-minute wait."""
+    port = free_port()
+    for k, v in {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "NODE_RANK": "1"}.items():
+        monkeypatch.setenv(k, v)
+    line = _error(["fit", *tiny_flags(tmp_path), "--trainer.strategy", "ddp", "--trainer.num_nodes", "2",
+                   "--master_timeout", "1"], capsys)  # fmt: skip
+    assert line == (f"gridlm: error: node 1 (local rank 0) cannot reach the master at MASTER_ADDR=127.0.0.1 "
+                    f"MASTER_PORT={port} within 1 s (Connection refused); start node 0 with the same MASTER_ADDR/MASTER_PORT, "
+                    "check the address, port and firewall, or raise --master_timeout")  # fmt: skip
+
+
+def test_a_sharded_checkpoint_needs_fsdp_or_consolidation(tmp_path, capsys):
+    cli = cli_main(["fit", *tiny_flags(tmp_path, steps=1)])
+    ckpt = torch.load(cli.trainer.checkpoint_callback.last_model_path, weights_only=True)
+    folder = tmp_path / "sharded.ckpt"  # the layout FSDP writes: shards and meta.pt (everything else)
+    folder.mkdir()
+    torch.save({k: v for k, v in ckpt.items() if k not in ("state_dict", "optimizer_states")}, folder / "meta.pt")
+    line = _error(["validate", *tiny_flags(tmp_path), "--ckpt_path", str(folder)], capsys)
+    assert line == (f"gridlm: error: --ckpt_path {folder} is a sharded FSDP checkpoint (a folder of shards); load it with "
+                    f"--trainer.strategy fsdp, or make one file of it first: python -m lightning.pytorch.utilities."
+                    f"consolidate_checkpoint {folder} (writes {folder}.consolidated)")  # fmt: skip
+    from gridlm.modules.checkpoints import model_from_checkpoint, read_checkpoint
+    from gridlm.modules.base_model import AutoregressiveGridModel
+
+    meta = read_checkpoint(str(folder))
+    assert meta["sharded"] and meta["hyper_parameters"]["d_model"] == 16
+    with pytest.raises(ValueError, match="is a sharded FSDP checkpoint .*consolidate_checkpoint"):
+        model_from_checkpoint(meta, AutoregressiveGridModel, str(folder))
