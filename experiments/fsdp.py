@@ -5,13 +5,17 @@ keeps 1/W of every weight, gradient and optimizer state on each of W devices and
 layer's weights just before it runs. ``gridlm fit --trainer.strategy fsdp`` uses this strategy
 (the CLI maps the name here); Lightning's ``FSDPStrategy`` is the base. What it changes:
 
-- **what is sharded**: each ``Transformer`` inside the LightningModule (the base model's and the
-  refiner's ``self.model``) becomes an FSDP root and each transformer ``Block`` an FSDP unit
-  inside it, so only one block's full weights exist at a time. Lightning would wrap the whole
-  LightningModule and run ``training_step`` inside the wrapper's forward, where the base model's
-  manual (micro-batched) backward fails an FSDP state check. Calls of ``Transformer.hidden``
-  (the refiner) are routed through the wrapper's forward so that they gather the weights too.
-  A trainable parameter outside every transformer would not be synchronised: refused at setup.
+- **what is sharded**: every transformer ``Block`` is an FSDP unit sharded by
+  ``sharding_strategy``, so only one block's full weights exist at a time. Each ``Transformer``
+  inside the LightningModule (the base model's and the refiner's ``self.model``) is the FSDP root
+  around its blocks; the root's own weights (embeddings, which the output head shares, final
+  norm, position tables: small next to the blocks with a vocabulary of ~80 tokens) are
+  replicated (``NO_SHARD``), because the refiner reads the head's weights outside the forward
+  pass. Lightning would wrap the whole LightningModule and run ``training_step`` inside the
+  wrapper's forward, where the base model's manual (micro-batched) backward fails an FSDP state
+  check. Calls of ``Transformer.hidden`` (the refiner) are routed through the root's forward,
+  which gathers and synchronises like a forward call. A trainable parameter outside every
+  transformer would not be synchronised: refused at setup.
 - **evaluation on a full copy**: greedy decoding runs a different number of forward passes on
   each rank (one per generated token), and every sharded forward is a collective that all
   ranks must join (unequal counts hang). So validation, test and predict run on plain copies of
@@ -33,7 +37,9 @@ checkpoints itself, not through the project's ``AtomicCheckpointIO``.
 
 from __future__ import annotations
 
-from typing import Any, Literal, Optional
+import contextlib
+import warnings
+from typing import Any, Iterator, Literal, Optional
 
 import torch
 from lightning.pytorch.plugins.precision import FSDPPrecision
@@ -43,7 +49,7 @@ from torch import nn
 
 from gridlm.modules.transformer import Block, Transformer
 
-ShardingName = Literal["FULL_SHARD", "SHARD_GRAD_OP", "NO_SHARD", "HYBRID_SHARD"]
+ShardingName = Literal["FULL_SHARD", "SHARD_GRAD_OP", "NO_SHARD"]
 
 
 class GridFSDPPrecision(FSDPPrecision):
@@ -70,23 +76,24 @@ class GridFSDPStrategy(FSDPStrategy):
         state_dict_type: Literal["full", "sharded"] = "full",
         sharding_strategy: ShardingName = "FULL_SHARD",
         activation_checkpointing: bool = False,
-        cpu_offload: bool = False,
         **kwargs: Any,
     ) -> None:
         """
         Args:
             state_dict_type: ``full``: one checkpoint file, gathered on rank 0 (loads anywhere);
                 ``sharded``: a folder with one shard per rank (less memory and time to save).
-            sharding_strategy: ``FULL_SHARD`` (weights, gradients, optimizer state: least memory),
-                ``SHARD_GRAD_OP`` (weights stay gathered from forward to backward), ``NO_SHARD``
-                (as DDP), ``HYBRID_SHARD`` (shard within a node, replicate across nodes).
-            activation_checkpointing: recompute each block's activations in the backward pass.
-            cpu_offload: keep sharded weights and optimizer state in CPU memory (GPU runs).
+            sharding_strategy: how each block is split: ``FULL_SHARD`` (weights, gradients and
+                optimizer state: least memory), ``SHARD_GRAD_OP`` (weights stay gathered from forward
+                to backward: less communication), ``NO_SHARD`` (replicated, as DDP).
+            activation_checkpointing: recompute each block's activations in the backward pass
+                (less activation memory, one more forward per block).
+            **kwargs: further arguments of Lightning's ``FSDPStrategy`` and torch's FSDP
+                (``auto_wrap_policy`` is ignored: the blocks are the units).
         """
-        kwargs.setdefault("auto_wrap_policy", {Block})
         if activation_checkpointing:
             kwargs.setdefault("activation_checkpointing_policy", {Block})
-        super().__init__(state_dict_type=state_dict_type, sharding_strategy=sharding_strategy, cpu_offload=cpu_offload, **kwargs)
+        kwargs.pop("auto_wrap_policy", None)
+        super().__init__(state_dict_type=state_dict_type, sharding_strategy=sharding_strategy, **kwargs)
         self._roots: list[tuple[str, nn.Module]] = []  # (attribute path in the LightningModule, FSDP root)
         self._copies_in_use = False
 
@@ -110,19 +117,18 @@ class GridFSDPStrategy(FSDPStrategy):
         parameters outside them."""
         from lightning.fabric.strategies.fsdp import _move_torchmetrics_to_device, _setup_activation_checkpointing
         from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+        from torch.distributed.fsdp import ShardingStrategy
 
         targets = [(name, m) for name, m in model.named_modules() if isinstance(m, Transformer)]
         if not targets:
             raise ValueError(f"--trainer.strategy fsdp: {type(model).__name__} holds no gridlm Transformer to shard")
         self._roots = []
-        from torch.distributed.fsdp import ShardingStrategy
-
-        common = dict(cpu_offload=self.cpu_offload, mixed_precision=self.mixed_precision_config, device_id=self.root_device)
-        kwargs = {k: v for k, v in self.kwargs.items() if k != "auto_wrap_policy"}
+        # device_id: also a CPU device (FSDP then runs its collectives over gloo)
+        common = dict(cpu_offload=self.cpu_offload, mixed_precision=self.mixed_precision_config, device_id=self.root_device, **self.kwargs)
         for name, module in targets:
             for i, block in enumerate(module.blocks):
-                module.blocks[i] = FSDP(block, sharding_strategy=self.sharding_strategy, **common, **kwargs)
-            root = FSDP(module, sharding_strategy=ShardingStrategy.NO_SHARD, **common, **kwargs)
+                module.blocks[i] = FSDP(block, sharding_strategy=self.sharding_strategy, **common)
+            root = FSDP(module, sharding_strategy=ShardingStrategy.NO_SHARD, **common)
             # Transformer.hidden (the refiner's entry point) through the wrapper's forward
             redirect = _ForwardRedirection()
             object.__setattr__(root, "hidden", lambda *a, _r=root, **k: redirect(_r, _r.module, "hidden", *a, **k))
@@ -199,13 +205,18 @@ class GridFSDPStrategy(FSDPStrategy):
 
     def lightning_module_state_dict(self) -> dict[str, Any]:
         self._use_shards()
-        if self._state_dict_type != "full" or self.root_device.type != "cpu":
-            return super().lightning_module_state_dict()
-        with self._full_context():
-            return self.model.state_dict()
+        with _quiet_replicated_roots():
+            if self._state_dict_type != "full" or self.root_device.type != "cpu":
+                return super().lightning_module_state_dict()
+            with self._full_context():
+                return self.model.state_dict()
 
     def optimizer_state(self, optimizer: Any) -> dict[str, Any]:
         self._use_shards()
+        with _quiet_replicated_roots():
+            return self._optimizer_state(optimizer)
+
+    def _optimizer_state(self, optimizer: Any) -> dict[str, Any]:
         if self._state_dict_type != "full" or self.root_device.type != "cpu":
             return super().optimizer_state(optimizer)
         from lightning.pytorch.core.optimizer import LightningOptimizer
@@ -223,6 +234,15 @@ class GridFSDPStrategy(FSDPStrategy):
     def load_checkpoint(self, checkpoint_path: Any, weights_only: Optional[bool] = None) -> dict[str, Any]:
         self._use_shards()
         return super().load_checkpoint(checkpoint_path, weights_only=weights_only)
+
+
+@contextlib.contextmanager
+def _quiet_replicated_roots() -> Iterator[None]:
+    """torch warns on every save that a ``NO_SHARD`` unit (the replicated roots) gives a full
+    state dict where a sharded one was asked for: intended here."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="When using ``NO_SHARD`` for ``ShardingStrategy``")
+        yield
 
 
 def _set_submodule(root: nn.Module, name: str, module: nn.Module) -> None:
