@@ -26,6 +26,7 @@ from typing import Any, Optional, Union
 import lightning as L
 
 from gridlm.datamodules.batching import per_device_batch
+from gridlm.modules.checkpoints import SHARDED_METADATA
 
 CONSOLIDATE = "python -m lightning.pytorch.utilities.consolidate_checkpoint"
 
@@ -133,7 +134,7 @@ def strategy_for(trainer_cfg: dict) -> Optional[Any]:
 
 def is_sharded_checkpoint(path: Union[str, Path]) -> bool:
     """A sharded FSDP checkpoint: a folder holding ``meta.pt`` and the shards."""
-    return Path(path).is_dir() and (Path(path) / "meta.pt").is_file()
+    return Path(path).is_dir() and (Path(path) / SHARDED_METADATA).is_file()
 
 
 def check_checkpoint_strategy(path: Union[str, Path], trainer: "L.Trainer") -> None:
