@@ -79,9 +79,23 @@ def env(**extra: str) -> dict:
     return {**os.environ, "WANDB_MODE": "disabled", "PYTHONPATH": path, "GRIDLM_DEBUG": "", **extra}
 
 
-def run(args: list[str], cwd: Path, timeout: float = 600, **env_extra: str) -> subprocess.CompletedProcess:
+def start(args: list[str], cwd: Path, **env_extra: str) -> subprocess.Popen:
     cwd.mkdir(parents=True, exist_ok=True)
-    return subprocess.run(args, cwd=cwd, env=env(**env_extra), capture_output=True, text=True, timeout=timeout)
+    return subprocess.Popen(args, cwd=cwd, env=env(**env_extra), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def finish(*procs: subprocess.Popen, timeout: float = 600) -> list[str]:
+    """Wait for every process (launched together: Lightning starts a run's second rank only after
+    the first has imported everything, so two runs side by side use both cores); each must
+    succeed. Returns their stderr."""
+    outs = [p.communicate(timeout=timeout) for p in procs]
+    for p, (_, err) in zip(procs, outs):
+        assert p.returncode == 0, " ".join(map(str, p.args))[-300:] + "\n" + err[-3000:]
+    return [err for _, err in outs]
+
+
+def run(args: list[str], cwd: Path, **env_extra: str) -> str:
+    return finish(start(args, cwd, **env_extra))[0]
 
 
 def gridlm(*args: str) -> list[str]:
@@ -141,11 +155,23 @@ def every_example_once(first: dict[int, list[int]], second: dict[int, list[int]]
 
 # ---------------------------------------------------------------- the reference: Lightning's 2-rank DDP
 @pytest.fixture(scope="module")
-def ddp_run(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("ddp")
-    proc = run(gridlm("fit", *flags(root), "--config", "scale/ddp", "--trainer.devices", "2"), root)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return root
+def runs(tmp_path_factory) -> dict[str, Path]:
+    """Side by side: the DDP reference, FSDP with full and with sharded checkpoints (the sharded
+    run also recomputes activations)."""
+    roots = {name: tmp_path_factory.mktemp(name) for name in ("ddp", "fsdp", "sharded")}
+    finish(
+        start(gridlm("fit", *flags(roots["ddp"]), "--config", "scale/ddp", "--trainer.devices", "2"), roots["ddp"]),
+        start(gridlm("fit", *flags(roots["fsdp"]), "--config", "scale/fsdp", "--trainer.devices", "2"), roots["fsdp"]),
+        start(gridlm("fit", *flags(roots["sharded"]), "--config", "scale/fsdp", "--trainer.devices", "2",
+                     "--trainer.strategy.init_args.state_dict_type", "sharded",
+                     "--trainer.strategy.init_args.activation_checkpointing", "true"), roots["sharded"]),
+    )  # fmt: skip
+    return roots
+
+
+@pytest.fixture(scope="module")
+def ddp_run(runs) -> Path:
+    return runs["ddp"]
 
 
 @pytest.mark.slow
@@ -198,9 +224,8 @@ def test_the_sbatch_template_under_slurm_variables_is_the_ddp_run(ddp_run, tmp_p
     for k in ("MASTER_ADDR", "MASTER_PORT"):
         os.environ.pop(k, None)
     root = tmp_path / "job"
-    proc = run(["bash", str(CONFIGS / "scale" / "slurm.sbatch"), *flags(root)], root, **slurm)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stderr.count("SLURM auto-requeueing enabled") == 2  # both tasks found the SLURM environment
+    err = run(["bash", str(CONFIGS / "scale" / "slurm.sbatch"), *flags(root)], root, **slurm)
+    assert err.count("SLURM auto-requeueing enabled") == 2  # both tasks found the SLURM environment
     one_set_of_outputs(root)
     same_metrics(log_dir(ddp_run), log_dir(root))
 
@@ -225,9 +250,8 @@ def test_a_one_process_checkpoint_resumes_on_two_ranks(tmp_path):
     single = cli_main(["fit", *flags(tmp_path / "one")])
     ckpt = Path(single.trainer.log_dir) / "checkpoints" / "step=3.ckpt"
     root = tmp_path / "two"
-    proc = run(gridlm("fit", *flags(root), "--config", "scale/ddp", "--trainer.devices", "2", "--ckpt_path", str(ckpt)), root)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "from a checkpoint of 1 x 6: 18 of 36 examples consumed, the other 18 dealt as 3 batch(es) per replica" in proc.stderr
+    err = run(gridlm("fit", *flags(root), "--config", "scale/ddp", "--trainer.devices", "2", "--ckpt_path", str(ckpt)), root)
+    assert "from a checkpoint of 1 x 6: 18 of 36 examples consumed, the other 18 dealt as 3 batch(es) per replica" in err
     every_example_once(seen(tmp_path / "one"), seen(root))
     mine = read_metrics(str(log_dir(root)))
     assert mine["step"][0] == 3 and len(mine["train/loss"]) == 3
@@ -292,11 +316,8 @@ def test_a_changed_dataset_still_restarts_the_epoch():
 
 # ---------------------------------------------------------------- FSDP on CPU
 @pytest.fixture(scope="module")
-def fsdp_full(ddp_run, tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("fsdp")
-    proc = run(gridlm("fit", *flags(root), "--config", "scale/fsdp", "--trainer.devices", "2"), root)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return root
+def fsdp_full(runs) -> Path:
+    return runs["fsdp"]
 
 
 def _validate(ckpt: Path, root: Path) -> dict[str, float]:
@@ -320,20 +341,18 @@ def test_fsdp_trains_as_ddp_and_its_checkpoint_validates_and_predicts_on_one_pro
 
 
 @pytest.mark.slow
-def test_fsdp_sharded_checkpoints_load_under_fsdp_and_after_consolidation(fsdp_full, tmp_path, capsys):
-    root = tmp_path / "sharded"
-    proc = run(gridlm("fit", *flags(root), "--config", "scale/fsdp", "--trainer.devices", "2",
-                      "--trainer.strategy.init_args.state_dict_type", "sharded",
-                      "--trainer.strategy.init_args.activation_checkpointing", "true"), root)  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-3000:]
+def test_fsdp_sharded_checkpoints_load_under_fsdp_and_after_consolidation(runs, tmp_path, capsys):
+    fsdp_full, root = runs["fsdp"], runs["sharded"]
     folder = log_dir(root) / "checkpoints" / "last.ckpt"
     assert folder.is_dir() and (folder / "meta.pt").is_file()
     same_metrics(log_dir(fsdp_full), log_dir(root))  # recomputed activations: the same numbers
 
-    # validate under FSDP straight from the shards, on 2 ranks
-    proc = run(gridlm("validate", *flags(tmp_path / "v"), "--trainer.devices", "2", "--trainer.strategy", "fsdp",
-                      "--ckpt_path", str(folder)), tmp_path / "v")  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    # validate under FSDP straight from the shards, on 2 ranks; beside it, one file made of the shards
+    finish(
+        start(gridlm("validate", *flags(tmp_path / "v"), "--trainer.devices", "2", "--trainer.strategy", "fsdp",
+                     "--ckpt_path", str(folder)), tmp_path / "v"),
+        start([sys.executable, "-m", "lightning.pytorch.utilities.consolidate_checkpoint", str(folder)], tmp_path),
+    )  # fmt: skip
     full = _validate(log_dir(fsdp_full) / "checkpoints" / "last.ckpt", tmp_path / "full")
     sharded = read_metrics(str(log_dir(tmp_path / "v")))  # the same weights, read from the shards
     for k in ("val/loss", "val/cell_acc"):
@@ -343,8 +362,6 @@ def test_fsdp_sharded_checkpoints_load_under_fsdp_and_after_consolidation(fsdp_f
     code = main(["validate", *flags(tmp_path / "w"), "--ckpt_path", str(folder)])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and err[-1].startswith("gridlm: error: --ckpt_path") and "consolidate_checkpoint" in err[-1]
-    proc = run([sys.executable, "-m", "lightning.pytorch.utilities.consolidate_checkpoint", str(folder)], tmp_path)
-    assert proc.returncode == 0, proc.stderr[-3000:]
     merged = folder.with_name("last.ckpt.consolidated")
     assert _validate(merged, tmp_path / "m") == pytest.approx(full, abs=1e-6)
     out = tmp_path / "sub.json"
@@ -356,16 +373,15 @@ def test_fsdp_sharded_checkpoints_load_under_fsdp_and_after_consolidation(fsdp_f
 def test_the_refiner_trains_under_fsdp_as_under_ddp(ddp_run, tmp_path):
     base = str(log_dir(ddp_run) / "checkpoints" / "last.ckpt")
 
-    def refiner(root: Path, strategy: str) -> Path:
+    def refiner(root: Path, strategy: str) -> subprocess.Popen:
         args = flags(root, **{"--trainer.limit_val_batches": "0", "--model.draft_ratio": "0.0", "--model.base_checkpoint": base})
         args[args.index("--config") + 1] = str(CONFIGS / "refiner.yaml")
         i = args.index("--model.n_generate")
         del args[i : i + 2]  # a base-model option
-        proc = run(gridlm("fit", *args, "--trainer.devices", "2", "--trainer.strategy", strategy), root)
-        assert proc.returncode == 0, proc.stderr[-3000:]
-        return log_dir(root)
+        return start(gridlm("fit", *args, "--trainer.devices", "2", "--trainer.strategy", strategy), root)
 
-    ddp, fsdp = refiner(tmp_path / "ddp", "ddp"), refiner(tmp_path / "fsdp", "fsdp")
+    finish(refiner(tmp_path / "ddp", "ddp"), refiner(tmp_path / "fsdp", "fsdp"))
+    ddp, fsdp = log_dir(tmp_path / "ddp"), log_dir(tmp_path / "fsdp")
     assert read_metrics(str(fsdp))["train/loss"] == pytest.approx(read_metrics(str(ddp))["train/loss"], rel=1e-6)
     a = torch.load(ddp / "checkpoints" / "last.ckpt", weights_only=True)
     b = torch.load(fsdp / "checkpoints" / "last.ckpt", weights_only=True)
