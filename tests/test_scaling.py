@@ -37,6 +37,7 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
+from lightning.pytorch.utilities import rank_zero_only
 
 from gridlm.datamodules.batching import BucketBatchSampler, per_device_batch
 from gridlm.datamodules.resumable import ResumableDataLoader
@@ -443,6 +444,8 @@ def test_a_node_that_cannot_reach_the_master_fails_in_one_line(tmp_path, capsys,
     port = free_port()
     for k, v in {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "NODE_RANK": "1"}.items():
         monkeypatch.setenv(k, v)
+    # the trainer of node 1 sets the process-wide rank to 1: put it back for the next tests
+    monkeypatch.setattr(rank_zero_only, "rank", rank_zero_only.rank)
     line = _error(["fit", *tiny_flags(tmp_path), "--trainer.strategy", "ddp", "--trainer.num_nodes", "2",
                    "--master_timeout", "1"], capsys)  # fmt: skip
     assert line == (f"gridlm: error: node 1 (local rank 0) cannot reach the master at MASTER_ADDR=127.0.0.1 "
