@@ -102,7 +102,7 @@ class ResumableDataLoader(DataLoader):
             return
         old = BucketBatchSampler(
             s.lengths, int(state["batch_size"]), shuffle=True, seed=s.seed, bucket_factor=s.bucket_factor,
-            num_replicas=int(state["num_replicas"]), rank=0, fill=s.fill,
+            num_replicas=int(state["num_replicas"]), rank=0, fill=s.fill, lengths_for=s.lengths_for,
         )  # fmt: skip
         if before is not None:
             old.resume_at(epoch, 0, exclude=before)

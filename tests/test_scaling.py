@@ -1,8 +1,8 @@
 """Scaling out (docs/scaling.md): many devices and nodes through Lightning, on one CPU machine.
 
-Every multi-process run here trains the tiny model of ``test_cli.tiny_flags`` on 36 synthetic
-training examples with ``data.global_batch_size 6`` for 6 steps (one epoch), checkpointing
-every 3 steps. The reference is Lightning's own two-rank DDP launch (``--trainer.devices 2``).
+Every multi-process run here trains the tiny model of ``test_cli.tiny_flags`` on the synthetic
+stream, 36 fresh tasks per epoch (``data.synthetic_epoch_size``), with
+``data.global_batch_size 6`` for 6 steps (one epoch), checkpointing every 3 steps. The reference is Lightning's own two-rank DDP launch (``--trainer.devices 2``).
 
 - two ``torchrun`` "nodes" on localhost (one process each) and a SLURM job (the real sbatch
   template run by bash, with a stand-in ``srun`` that starts the tasks with the variables SLURM
@@ -71,7 +71,8 @@ class SeenExamples(L.Callback):
 def flags(root: Path, **extra: str) -> list[str]:
     """The tiny run; ``n_generate 3``: rank 0 decodes 2 validation examples, rank 1 one."""
     return tiny_flags(root, steps=STEPS, **{
-        "--data.global_batch_size": str(GLOBAL_BATCH), "--model.n_generate": "3", "--trainer.callbacks": CALLBACKS, **extra,
+        "--data.global_batch_size": str(GLOBAL_BATCH), "--data.synthetic_epoch_size": str(N_TRAIN),
+        "--model.n_generate": "3", "--trainer.callbacks": CALLBACKS, **extra,
     })  # fmt: skip
 
 
@@ -265,8 +266,13 @@ def test_a_one_process_checkpoint_resumes_on_two_ranks(tmp_path):
 LENGTHS = np.arange(37) % 7 + 1  # 37 examples: batches do not divide evenly
 
 
-def _loader(batch_size: int, replicas: int, rank: int, done: int = 0) -> ResumableDataLoader:
-    s = BucketBatchSampler(LENGTHS, batch_size, seed=3, bucket_factor=2, num_replicas=replicas, rank=rank)
+def _stream_lengths(epoch: int) -> np.ndarray:
+    return (np.arange(len(LENGTHS)) * (epoch + 3)) % 11 + 1  # a stream: other examples every epoch
+
+
+def _loader(batch_size: int, replicas: int, rank: int, done: int = 0, stream: bool = False) -> ResumableDataLoader:
+    s = BucketBatchSampler(LENGTHS, batch_size, seed=3, bucket_factor=2, num_replicas=replicas, rank=rank,
+                           lengths_for=_stream_lengths if stream else None)  # fmt: skip
     loader = ResumableDataLoader(list(range(len(LENGTHS))), batch_sampler=s, collate_fn=lambda x: x)
     loader.progress = lambda: done
     return loader
@@ -277,18 +283,19 @@ def _loader(batch_size: int, replicas: int, rank: int, done: int = 0) -> Resumab
     ids=["2x3->1x6", "1x6->2x3", "2x3->3x2", "1x4->2x3", "3x2->2x2"],
 )  # fmt: skip
 @pytest.mark.parametrize("done", [1, 3])
-def test_an_epoch_resumed_under_another_layout_sees_each_example_once(old, new, done):
+@pytest.mark.parametrize("stream", [False, True], ids=["fixed", "stream"])
+def test_an_epoch_resumed_under_another_layout_sees_each_example_once(old, new, done, stream):
     """(replicas, per-device batch) -> another; ``done`` batches per old replica consumed. The
     new replicas deal the rest of the epoch; Lightning's batch counter is moved so the epoch
     ends when the rest is used up; a second resume mid-way continues exactly (same layout)."""
     (w0, b0), (w1, b1) = old, new
-    old_loader = _loader(b0, w0, 0, done)
+    old_loader = _loader(b0, w0, 0, done, stream)
     old_loader.batch_sampler.set_epoch(1)
     first = [i for b in old_loader.batch_sampler.batches(1)[: done * w0] for i in b]
     state = old_loader.state_dict()
     rest, positions = [], []
     for rank in range(w1):
-        loader = _loader(b1, w1, rank)
+        loader = _loader(b1, w1, rank, stream=stream)
         loader.set_progress = positions.append
         loader.load_state_dict(state)
         batches = list(loader.batch_sampler)
@@ -298,10 +305,10 @@ def test_an_epoch_resumed_under_another_layout_sees_each_example_once(old, new, 
     assert len(rest) - len(set(rest)) < w1 * b1  # repeats only to even out the last round of ranks
 
     # checkpoint again one batch later under the new layout, resume with the same layout: the same batches
-    loader = _loader(b1, w1, 0, done=positions[0] + 1)
+    loader = _loader(b1, w1, 0, done=positions[0] + 1, stream=stream)
     loader.load_state_dict(state)
     full = list(loader.batch_sampler)
-    again = _loader(b1, w1, 0)
+    again = _loader(b1, w1, 0, stream=stream)
     again.load_state_dict(loader.state_dict())
     assert list(again.batch_sampler) == full[1:]
 
