@@ -2,7 +2,10 @@
 
 Every multi-process run here trains the tiny model of ``test_cli.tiny_flags`` on the synthetic
 stream, 36 fresh tasks per epoch (``data.synthetic_epoch_size``), with
-``data.global_batch_size 6`` for 6 steps (one epoch), checkpointing every 3 steps. The reference is Lightning's own two-rank DDP launch (``--trainer.devices 2``).
+``data.global_batch_size 6`` for 6 steps (one epoch), checkpointing every 3 steps. The
+reference is Lightning's own two-rank DDP launch (``--trainer.devices 2``). The slow tests share
+their runs: two fixtures (``first``, ``second``) each start their runs side by side, and each
+test asserts on the runs it names.
 
 - two ``torchrun`` "nodes" on localhost (one process each) and a SLURM job (the real sbatch
   template run by bash, with a stand-in ``srun`` that starts the tasks with the variables SLURM
@@ -25,6 +28,7 @@ stream, 36 fresh tasks per epoch (``data.synthetic_epoch_size``), with
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -32,6 +36,7 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any, Callable, Iterator, Optional
 
 import lightning as L
 import numpy as np
@@ -76,28 +81,58 @@ def flags(root: Path, **extra: str) -> list[str]:
     })  # fmt: skip
 
 
-def env(**extra: str) -> dict:
+def env(**extra: Optional[str]) -> dict:
+    """The children's environment: ``extra`` set, or removed where None."""
     path = os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])  # SeenExamples in the children
-    return {**os.environ, "WANDB_MODE": "disabled", "PYTHONPATH": path, "GRIDLM_DEBUG": "", **extra}
+    out = {**os.environ, "WANDB_MODE": "disabled", "PYTHONPATH": path, "GRIDLM_DEBUG": "", **extra}
+    return {k: v for k, v in out.items() if v is not None}
 
 
-def start(args: list[str], cwd: Path, **env_extra: str) -> subprocess.Popen:
-    cwd.mkdir(parents=True, exist_ok=True)
-    return subprocess.Popen(args, cwd=cwd, env=env(**env_extra), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+class Launch:
+    """A command started in the background in ``root``; :func:`launched` waits for it."""
+
+    def __init__(self, args: list[str], root: Path, **env_extra: Optional[str]) -> None:
+        root.mkdir(parents=True, exist_ok=True)
+        self.args, self.root, self.code, self.err = args, root, None, ""
+        self.proc = subprocess.Popen(args, cwd=root, env=env(**env_extra), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def wait(self, timeout: float) -> None:
+        try:
+            _, self.err = self.proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            _, self.err = self.proc.communicate()
+            self.err += f"\n(killed after {timeout:g} s)"
+        self.code = self.proc.returncode
+
+    def ok(self) -> str:
+        """Its stderr, once it has succeeded."""
+        assert self.code == 0, " ".join(map(str, self.args))[-300:] + "\n" + self.err[-3000:]
+        return self.err
 
 
-def finish(*procs: subprocess.Popen, timeout: float = 600) -> list[str]:
-    """Wait for every process (launched together: Lightning starts a run's second rank only after
-    the first has imported everything, so two runs side by side use both cores); each must
-    succeed. Returns their stderr."""
-    outs = [p.communicate(timeout=timeout) for p in procs]
-    for p, (_, err) in zip(procs, outs):
-        assert p.returncode == 0, " ".join(map(str, p.args))[-300:] + "\n" + err[-3000:]
-    return [err for _, err in outs]
+@contextlib.contextmanager
+def launched(launches: dict[str, Launch], timeout: float = 900) -> Iterator[None]:
+    """Run the body while ``launches`` run, then wait for all of them (each killed after ``timeout`` s)."""
+    try:
+        yield
+    finally:
+        for launch in launches.values():
+            launch.wait(timeout)
 
 
-def run(args: list[str], cwd: Path, **env_extra: str) -> str:
-    return finish(start(args, cwd, **env_extra))[0]
+def attempt(fn: Callable[[], Any]) -> Any:
+    """``fn()``, or the exception it raised: kept for the tests that need it (:func:`got`)."""
+    try:
+        return fn()
+    except Exception as err:  # noqa: BLE001 - re-raised by got() in the tests that use the result
+        return err
+
+
+def got(result: Any) -> Any:
+    if isinstance(result, BaseException):
+        raise result
+    return result
 
 
 def gridlm(*args: str) -> list[str]:
@@ -155,114 +190,7 @@ def every_example_once(first: dict[int, list[int]], second: dict[int, list[int]]
     assert sorted(examples) == list(range(N_TRAIN))
 
 
-# ---------------------------------------------------------------- the reference: Lightning's 2-rank DDP
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory) -> dict[str, Path]:
-    """Side by side: the DDP reference, FSDP with full and with sharded checkpoints (the sharded
-    run also recomputes activations)."""
-    roots = {name: tmp_path_factory.mktemp(name) for name in ("ddp", "fsdp", "sharded")}
-    finish(
-        start(gridlm("fit", *flags(roots["ddp"]), "--config", "scale/ddp", "--trainer.devices", "2"), roots["ddp"]),
-        start(gridlm("fit", *flags(roots["fsdp"]), "--config", "scale/fsdp", "--trainer.devices", "2"), roots["fsdp"]),
-        start(gridlm("fit", *flags(roots["sharded"]), "--config", "scale/fsdp", "--trainer.devices", "2",
-                     "--trainer.strategy.init_args.state_dict_type", "sharded",
-                     "--trainer.strategy.init_args.activation_checkpointing", "true"), roots["sharded"]),
-    )  # fmt: skip
-    return roots
-
-
-@pytest.fixture(scope="module")
-def ddp_run(runs) -> Path:
-    return runs["ddp"]
-
-
-@pytest.mark.slow
-def test_two_torchrun_nodes_on_localhost_are_the_ddp_run(ddp_run, tmp_path):
-    """docs/scaling.md: torchrun on each node, one process per node here."""
-    port = free_port()
-    procs = [
-        subprocess.Popen([str(BIN / "torchrun"), "--nnodes", "2", "--node_rank", str(rank), "--nproc_per_node", "1",
-                          "--master_addr", "127.0.0.1", "--master_port", str(port),
-                          "-m", "gridlm.experiments.cli", "fit", *flags(tmp_path), "--config", "scale/ddp",
-                          "--trainer.num_nodes", "2", "--trainer.devices", "1"],
-                         cwd=tmp_path, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        for rank in (0, 1)
-    ]  # fmt: skip
-    outs = [p.communicate(timeout=600) for p in procs]
-    assert [p.returncode for p in procs] == [0, 0], outs[0][1][-3000:] + outs[1][1][-3000:]
-    one_set_of_outputs(tmp_path)
-    same_metrics(log_dir(ddp_run), log_dir(tmp_path))
-    assert seen(tmp_path) == seen(ddp_run)
-
-
-SRUN = """#!/bin/bash
-# stands in for srun: starts SLURM_NTASKS tasks with the variables srun gives each task
-pids=()
-for ((i = 0; i < SLURM_NTASKS; i++)); do
-    SLURM_PROCID=$i SLURM_LOCALID=$((i % SLURM_NTASKS_PER_NODE)) SLURM_NODEID=$((i / SLURM_NTASKS_PER_NODE)) "$@" &
-    pids+=($!)
-done
-status=0
-for p in "${pids[@]}"; do wait "$p" || status=$?; done
-exit $status
-"""
-
-
-@pytest.mark.slow
-def test_the_sbatch_template_under_slurm_variables_is_the_ddp_run(ddp_run, tmp_path):
-    """configs/scale/slurm.sbatch run by bash as sbatch would (2 nodes x 1 task): Lightning's
-    SLURMEnvironment takes ranks from SLURM_PROCID/LOCALID/NODEID, MASTER_ADDR from
-    SLURM_NODELIST and MASTER_PORT from the job id."""
-    fake = tmp_path / "bin"
-    fake.mkdir()
-    (fake / "srun").write_text(SRUN)
-    (fake / "srun").chmod(0o755)
-    job_port = free_port(15000, 24999)
-    slurm = {
-        "PATH": f"{fake}{os.pathsep}{BIN}{os.pathsep}{os.environ['PATH']}",
-        "SLURM_JOB_ID": f"9{job_port - 15000:04d}", "SLURM_JOB_NAME": "gridlm", "SLURM_NODELIST": "127.0.0.1",
-        "SLURM_NNODES": "2", "SLURM_NTASKS": "2", "SLURM_NTASKS_PER_NODE": "1",
-    }  # fmt: skip
-    for k in ("MASTER_ADDR", "MASTER_PORT"):
-        os.environ.pop(k, None)
-    root = tmp_path / "job"
-    err = run(["bash", str(CONFIGS / "scale" / "slurm.sbatch"), *flags(root)], root, **slurm)
-    assert err.count("SLURM auto-requeueing enabled") == 2  # both tasks found the SLURM environment
-    one_set_of_outputs(root)
-    same_metrics(log_dir(ddp_run), log_dir(root))
-
-
-# ---------------------------------------------------------------- resume across world sizes
-@pytest.mark.slow
-def test_a_two_rank_checkpoint_resumes_on_one_process(ddp_run, tmp_path):
-    ckpt = log_dir(ddp_run) / "checkpoints" / "step=3.ckpt"
-    cli = cli_main(["fit", *flags(tmp_path), "--ckpt_path", str(ckpt)])
-    assert cli.trainer.global_step == STEPS and cli.datamodule.batch_size == GLOBAL_BATCH
-    mine = read_metrics(cli.trainer.log_dir)
-    assert mine["step"][0] == 3 and len(mine["train/loss"]) == 3  # steps 3, 4, 5
-    every_example_once(seen(ddp_run), seen(tmp_path))
-    ref, res = optimizer_group(log_dir(ddp_run) / "checkpoints" / "last.ckpt"), optimizer_group(Path(cli.trainer.log_dir) / "checkpoints" / "last.ckpt")
-    assert res["k"] == ref["k"] == STEPS
-    assert (res["weight_sum"], res["lr_max"]) == pytest.approx((ref["weight_sum"], ref["lr_max"]), rel=1e-12)
-    assert mine["val/loss"][-1] == pytest.approx(read_metrics(str(log_dir(ddp_run)))["val/loss"][-1], rel=0.01)
-
-
-@pytest.mark.slow
-def test_a_one_process_checkpoint_resumes_on_two_ranks(tmp_path):
-    single = cli_main(["fit", *flags(tmp_path / "one")])
-    ckpt = Path(single.trainer.log_dir) / "checkpoints" / "step=3.ckpt"
-    root = tmp_path / "two"
-    err = run(gridlm("fit", *flags(root), "--config", "scale/ddp", "--trainer.devices", "2", "--ckpt_path", str(ckpt)), root)
-    assert "from a checkpoint of 1 x 6: 18 of 36 examples consumed, the other 18 dealt as 3 batch(es) per replica" in err
-    every_example_once(seen(tmp_path / "one"), seen(root))
-    mine = read_metrics(str(log_dir(root)))
-    assert mine["step"][0] == 3 and len(mine["train/loss"]) == 3
-    ref, res = optimizer_group(Path(single.trainer.log_dir) / "checkpoints" / "last.ckpt"), optimizer_group(log_dir(root) / "checkpoints" / "last.ckpt")
-    assert res["k"] == ref["k"] == STEPS
-    assert (res["weight_sum"], res["lr_max"]) == pytest.approx((ref["weight_sum"], ref["lr_max"]), rel=1e-12)
-    assert mine["val/loss"][-1] == pytest.approx(read_metrics(single.trainer.log_dir)["val/loss"][-1], rel=0.01)
-
-
+# ---------------------------------------------------------------- the data position under another layout (no processes)
 LENGTHS = np.arange(37) % 7 + 1  # 37 examples: batches do not divide evenly
 
 
@@ -320,82 +248,6 @@ def test_a_changed_dataset_still_restarts_the_epoch():
     with pytest.warns(UserWarning, match="n_examples 37 in the checkpoint vs 40 now"):
         ResumableDataLoader(list(range(40)), batch_sampler=s, collate_fn=lambda x: x).load_state_dict(state)
     assert (s.epoch, s.start_batch, s.exclude) == (0, 0, None)
-
-
-# ---------------------------------------------------------------- FSDP on CPU
-@pytest.fixture(scope="module")
-def fsdp_full(runs) -> Path:
-    return runs["fsdp"]
-
-
-def _validate(ckpt: Path, root: Path) -> dict[str, float]:
-    val = cli_main(["validate", *flags(root), "--ckpt_path", str(ckpt)])
-    return {k: float(v) for k, v in val.trainer.callback_metrics.items() if k.startswith("val/")}
-
-
-@pytest.mark.slow
-def test_fsdp_trains_as_ddp_and_its_checkpoint_validates_and_predicts_on_one_process(ddp_run, fsdp_full, tmp_path):
-    m_ddp, m_fsdp = read_metrics(str(log_dir(ddp_run))), read_metrics(str(log_dir(fsdp_full)))
-    for k in ("train/loss", "val/loss", "val/cell_acc", "val/exact_match"):
-        assert m_fsdp[k] == pytest.approx(m_ddp[k], rel=1e-6), k  # sharded gradients reduce as DDP's do
-    ckpt = log_dir(fsdp_full) / "checkpoints" / "last.ckpt"
-    assert ckpt.is_file() and torch.load(ckpt, weights_only=True)["state_dict"]["model.embed.weight"].shape[1] == 16
-    one = _validate(ckpt, tmp_path / "val")  # one process, the whole validation set: the synced metrics
-    assert one["val/loss"] == pytest.approx(m_fsdp["val/loss"][-1], abs=1e-5)
-    assert one["val/cell_acc"] == pytest.approx(m_fsdp["val/cell_acc"][-1], abs=1e-6)
-    out = tmp_path / "sub.json"
-    assert main(["predict", *tiny_flags(tmp_path / "pred"), "--ckpt_path", str(ckpt), "--out", str(out)]) == 0
-    assert len(json.loads(out.read_text())) == 12
-
-
-@pytest.mark.slow
-def test_fsdp_sharded_checkpoints_load_under_fsdp_and_after_consolidation(runs, tmp_path, capsys):
-    fsdp_full, root = runs["fsdp"], runs["sharded"]
-    folder = log_dir(root) / "checkpoints" / "last.ckpt"
-    assert folder.is_dir() and (folder / "meta.pt").is_file()
-    same_metrics(log_dir(fsdp_full), log_dir(root))  # recomputed activations: the same numbers
-
-    # validate under FSDP straight from the shards, on 2 ranks; beside it, one file made of the shards
-    finish(
-        start(gridlm("validate", *flags(tmp_path / "v"), "--trainer.devices", "2", "--trainer.strategy", "fsdp",
-                     "--ckpt_path", str(folder)), tmp_path / "v"),
-        start([sys.executable, "-m", "lightning.pytorch.utilities.consolidate_checkpoint", str(folder)], tmp_path),
-    )  # fmt: skip
-    full = _validate(log_dir(fsdp_full) / "checkpoints" / "last.ckpt", tmp_path / "full")
-    sharded = read_metrics(str(log_dir(tmp_path / "v")))  # the same weights, read from the shards
-    for k in ("val/loss", "val/cell_acc"):
-        assert sharded[k][-1] == pytest.approx(full[k], abs=1e-6), k
-
-    # one process: a one-line error naming the consolidation command, which then makes a file that loads
-    code = main(["validate", *flags(tmp_path / "w"), "--ckpt_path", str(folder)])
-    err = capsys.readouterr().err.strip().splitlines()
-    assert code == 2 and err[-1].startswith("gridlm: error: --ckpt_path") and "consolidate_checkpoint" in err[-1]
-    merged = folder.with_name("last.ckpt.consolidated")
-    assert _validate(merged, tmp_path / "m") == pytest.approx(full, abs=1e-6)
-    out = tmp_path / "sub.json"
-    assert main(["predict", *tiny_flags(tmp_path / "pred"), "--ckpt_path", str(merged), "--out", str(out)]) == 0
-    assert len(json.loads(out.read_text())) == 12
-
-
-@pytest.mark.slow
-def test_the_refiner_trains_under_fsdp_as_under_ddp(ddp_run, tmp_path):
-    base = str(log_dir(ddp_run) / "checkpoints" / "last.ckpt")
-
-    def refiner(root: Path, strategy: str) -> subprocess.Popen:
-        args = flags(root, **{"--trainer.limit_val_batches": "0", "--model.draft_ratio": "0.0", "--model.base_checkpoint": base})
-        args[args.index("--config") + 1] = str(CONFIGS / "refiner.yaml")
-        i = args.index("--model.n_generate")
-        del args[i : i + 2]  # a base-model option
-        return start(gridlm("fit", *args, "--trainer.devices", "2", "--trainer.strategy", strategy), root)
-
-    finish(refiner(tmp_path / "ddp", "ddp"), refiner(tmp_path / "fsdp", "fsdp"))
-    ddp, fsdp = log_dir(tmp_path / "ddp"), log_dir(tmp_path / "fsdp")
-    assert read_metrics(str(fsdp))["train/loss"] == pytest.approx(read_metrics(str(ddp))["train/loss"], rel=1e-6)
-    a = torch.load(ddp / "checkpoints" / "last.ckpt", weights_only=True)
-    b = torch.load(fsdp / "checkpoints" / "last.ckpt", weights_only=True)
-    assert a["state_dict"].keys() == b["state_dict"].keys()
-    for k, v in a["state_dict"].items():
-        torch.testing.assert_close(b["state_dict"][k], v, rtol=1e-5, atol=1e-6, msg=k)
 
 
 # ---------------------------------------------------------------- configs and one-line errors
@@ -477,3 +329,211 @@ def test_a_sharded_checkpoint_needs_fsdp_or_consolidation(tmp_path, capsys):
     assert meta["sharded"] and meta["hyper_parameters"]["d_model"] == 16
     with pytest.raises(ValueError, match="is a sharded FSDP checkpoint .*consolidate_checkpoint"):
         model_from_checkpoint(meta, AutoregressiveGridModel, str(folder))
+
+
+# ---------------------------------------------------------------- the multi-process runs, shared
+# Every slow test below reads runs made by two fixtures, each starting its runs side by side (two
+# cores stay busy: Lightning starts a run's second rank only once the first has imported) and
+# doing its one-process work in this process meanwhile. A failed run fails only its tests.
+SRUN = """#!/bin/bash
+# stands in for srun: starts SLURM_NTASKS tasks with the variables srun gives each task
+pids=()
+for ((i = 0; i < SLURM_NTASKS; i++)); do
+    SLURM_PROCID=$i SLURM_LOCALID=$((i % SLURM_NTASKS_PER_NODE)) SLURM_NODEID=$((i / SLURM_NTASKS_PER_NODE)) "$@" &
+    pids+=($!)
+done
+status=0
+for p in "${pids[@]}"; do wait "$p" || status=$?; done
+exit $status
+"""
+
+
+def torchrun_node(rank: int, port: int, root: Path) -> Launch:
+    """docs/scaling.md section 3: torchrun on each node, one process per node here."""
+    return Launch([str(BIN / "torchrun"), "--nnodes", "2", "--node_rank", str(rank), "--nproc_per_node", "1",
+                   "--master_addr", "127.0.0.1", "--master_port", str(port),
+                   "-m", "gridlm.experiments.cli", "fit", *flags(root), "--config", "scale/ddp",
+                   "--trainer.num_nodes", "2", "--trainer.devices", "1"], root)  # fmt: skip
+
+
+def slurm_job(root: Path) -> Launch:
+    """configs/scale/slurm.sbatch run by bash as sbatch would (2 nodes x 1 task), with a stand-in srun."""
+    fake = root / "bin"
+    fake.mkdir(parents=True)
+    (fake / "srun").write_text(SRUN)
+    (fake / "srun").chmod(0o755)
+    job_port = free_port(15000, 24999)  # Lightning: MASTER_PORT = 15000 + the job id's last 4 digits
+    slurm = {
+        "PATH": f"{fake}{os.pathsep}{BIN}{os.pathsep}{os.environ['PATH']}",
+        "SLURM_JOB_ID": f"9{job_port - 15000:04d}", "SLURM_JOB_NAME": "gridlm", "SLURM_NODELIST": "127.0.0.1",
+        "SLURM_NNODES": "2", "SLURM_NTASKS": "2", "SLURM_NTASKS_PER_NODE": "1", "MASTER_ADDR": None, "MASTER_PORT": None,
+    }  # fmt: skip
+    return Launch(["bash", str(CONFIGS / "scale" / "slurm.sbatch"), *flags(root / "job")], root / "job", **slurm)
+
+
+def refiner(root: Path, base: Path, strategy: str) -> Launch:
+    args = flags(root, **{"--trainer.limit_val_batches": "0", "--model.draft_ratio": "0.0", "--model.base_checkpoint": str(base)})
+    args[args.index("--config") + 1] = str(CONFIGS / "refiner.yaml")
+    i = args.index("--model.n_generate")
+    del args[i : i + 2]  # a base-model option
+    return Launch(gridlm("fit", *args, "--trainer.devices", "2", "--trainer.strategy", strategy), root)
+
+
+def _validate(ckpt: Path, root: Path) -> dict[str, float]:
+    val = cli_main(["validate", *flags(root), "--ckpt_path", str(ckpt)])
+    return {k: float(v) for k, v in val.trainer.callback_metrics.items() if k.startswith("val/")}
+
+
+def _predict(ckpt: Path, root: Path) -> int:
+    """Tasks in the submission ``predict`` writes from ``ckpt`` in one process."""
+    out = root / "sub.json"
+    assert main(["predict", *tiny_flags(root), "--ckpt_path", str(ckpt), "--out", str(out)]) == 0
+    return len(json.loads(out.read_text()))
+
+
+@pytest.fixture(scope="module")
+def first(tmp_path_factory) -> dict:
+    """The 2-rank runs: Lightning's DDP (the reference), FSDP with full and with sharded
+    checkpoints (the sharded run also recomputes activations), two torchrun nodes and the SLURM
+    job; meanwhile one process trains the same run here."""
+    root = tmp_path_factory.mktemp("first")
+    port = free_port()
+    launches = {
+        "ddp": Launch(gridlm("fit", *flags(root / "ddp"), "--config", "scale/ddp", "--trainer.devices", "2"), root / "ddp"),
+        "fsdp": Launch(gridlm("fit", *flags(root / "fsdp"), "--config", "scale/fsdp", "--trainer.devices", "2"), root / "fsdp"),
+        "sharded": Launch(gridlm("fit", *flags(root / "sharded"), "--config", "scale/fsdp", "--trainer.devices", "2",
+                                 "--trainer.strategy.init_args.state_dict_type", "sharded",
+                                 "--trainer.strategy.init_args.activation_checkpointing", "true"), root / "sharded"),
+        "node0": torchrun_node(0, port, root / "torchrun"),
+        "node1": torchrun_node(1, port, root / "torchrun"),
+        "slurm": slurm_job(root / "slurm"),
+    }  # fmt: skip
+    with launched(launches):
+        one = attempt(lambda: Path(cli_main(["fit", *flags(root / "one")]).trainer.log_dir))
+    return {**launches, "one": one}
+
+
+@pytest.fixture(scope="module")
+def second(first, tmp_path_factory) -> dict:
+    """Runs that start from the first ones: resumes across world sizes, the refiner on the DDP
+    base model under DDP and under FSDP, the sharded checkpoint validated under FSDP and
+    consolidated into one file; meanwhile here: the 2-rank checkpoint resumed on one process,
+    the full FSDP checkpoint validated and predicted on one process."""
+    root = tmp_path_factory.mktemp("second")
+    ddp, sharded = log_dir(first["ddp"].root), log_dir(first["sharded"].root) / "checkpoints" / "last.ckpt"
+    one = got(first["one"])
+    launches = {
+        "one_to_two": Launch(gridlm("fit", *flags(root / "two"), "--config", "scale/ddp", "--trainer.devices", "2",
+                                    "--ckpt_path", str(one / "checkpoints" / "step=3.ckpt")), root / "two"),
+        "refiner_ddp": refiner(root / "refiner_ddp", ddp / "checkpoints" / "last.ckpt", "ddp"),
+        "refiner_fsdp": refiner(root / "refiner_fsdp", ddp / "checkpoints" / "last.ckpt", "fsdp"),
+        "sharded_validate": Launch(gridlm("validate", *flags(root / "v"), "--trainer.devices", "2", "--trainer.strategy", "fsdp",
+                                          "--ckpt_path", str(sharded)), root / "v"),
+        "consolidate": Launch([sys.executable, "-m", "lightning.pytorch.utilities.consolidate_checkpoint", str(sharded)], root),
+    }  # fmt: skip
+    full = log_dir(first["fsdp"].root) / "checkpoints" / "last.ckpt"
+    with launched(launches):
+        two_to_one = attempt(lambda: cli_main(["fit", *flags(root / "one"), "--ckpt_path", str(ddp / "checkpoints" / "step=3.ckpt")]))
+        full_validate = attempt(lambda: _validate(full, root / "full"))
+        full_predict = attempt(lambda: _predict(full, root / "pred"))
+    return {**launches, "two_to_one": two_to_one, "full_validate": full_validate, "full_predict": full_predict}
+
+
+@pytest.mark.slow
+def test_two_torchrun_nodes_on_localhost_are_the_ddp_run(first):
+    """docs/scaling.md section 3: ``torchrun --nnodes 2 --node_rank 0/1`` on localhost."""
+    first["ddp"].ok(), first["node0"].ok(), first["node1"].ok()
+    root = first["node0"].root
+    one_set_of_outputs(root)
+    same_metrics(log_dir(first["ddp"].root), log_dir(root))
+    assert seen(root) == seen(first["ddp"].root)
+
+
+@pytest.mark.slow
+def test_the_sbatch_template_under_slurm_variables_is_the_ddp_run(first):
+    """Lightning's SLURMEnvironment takes ranks from SLURM_PROCID/LOCALID/NODEID, MASTER_ADDR
+    from SLURM_NODELIST and MASTER_PORT from the job id."""
+    first["ddp"].ok()
+    err = first["slurm"].ok()
+    assert err.count("SLURM auto-requeueing enabled") == 2  # both tasks found the SLURM environment
+    one_set_of_outputs(first["slurm"].root)
+    same_metrics(log_dir(first["ddp"].root), log_dir(first["slurm"].root))
+
+
+# ---------------------------------------------------------------- resume across world sizes
+@pytest.mark.slow
+def test_a_two_rank_checkpoint_resumes_on_one_process(first, second):
+    first["ddp"].ok()
+    ddp = first["ddp"].root
+    cli = got(second["two_to_one"])
+    assert cli.trainer.global_step == STEPS and cli.datamodule.batch_size == GLOBAL_BATCH
+    mine = read_metrics(cli.trainer.log_dir)
+    assert mine["step"][0] == 3 and len(mine["train/loss"]) == 3  # steps 3, 4, 5
+    every_example_once(seen(ddp), seen(Path(cli.trainer.default_root_dir).parent))
+    ref, res = optimizer_group(log_dir(ddp) / "checkpoints" / "last.ckpt"), optimizer_group(Path(cli.trainer.log_dir) / "checkpoints" / "last.ckpt")
+    assert res["k"] == ref["k"] == STEPS
+    assert (res["weight_sum"], res["lr_max"]) == pytest.approx((ref["weight_sum"], ref["lr_max"]), rel=1e-12)
+    assert mine["val/loss"][-1] == pytest.approx(read_metrics(str(log_dir(ddp)))["val/loss"][-1], rel=0.01)
+
+
+@pytest.mark.slow
+def test_a_one_process_checkpoint_resumes_on_two_ranks(first, second):
+    single = got(first["one"])
+    err = second["one_to_two"].ok()
+    root = second["one_to_two"].root
+    assert "from a checkpoint of 1 x 6: 18 of 36 examples consumed, the other 18 dealt as 3 batch(es) per replica" in err
+    every_example_once(seen(single.parent.parent.parent), seen(root))
+    mine = read_metrics(str(log_dir(root)))
+    assert mine["step"][0] == 3 and len(mine["train/loss"]) == 3
+    ref, res = optimizer_group(single / "checkpoints" / "last.ckpt"), optimizer_group(log_dir(root) / "checkpoints" / "last.ckpt")
+    assert res["k"] == ref["k"] == STEPS
+    assert (res["weight_sum"], res["lr_max"]) == pytest.approx((ref["weight_sum"], ref["lr_max"]), rel=1e-12)
+    assert mine["val/loss"][-1] == pytest.approx(read_metrics(str(single))["val/loss"][-1], rel=0.01)
+
+
+# ---------------------------------------------------------------- FSDP on CPU
+@pytest.mark.slow
+def test_fsdp_trains_as_ddp_and_its_checkpoint_validates_and_predicts_on_one_process(first, second):
+    first["ddp"].ok(), first["fsdp"].ok()
+    m_ddp, m_fsdp = read_metrics(str(log_dir(first["ddp"].root))), read_metrics(str(log_dir(first["fsdp"].root)))
+    for k in ("train/loss", "val/loss", "val/cell_acc", "val/exact_match"):
+        assert m_fsdp[k] == pytest.approx(m_ddp[k], rel=1e-6), k  # sharded gradients reduce as DDP's do
+    ckpt = log_dir(first["fsdp"].root) / "checkpoints" / "last.ckpt"
+    assert ckpt.is_file() and torch.load(ckpt, weights_only=True)["state_dict"]["model.embed.weight"].shape[1] == 16
+    one = got(second["full_validate"])  # one process, the whole validation set: the synced metrics
+    assert one["val/loss"] == pytest.approx(m_fsdp["val/loss"][-1], abs=1e-5)
+    assert one["val/cell_acc"] == pytest.approx(m_fsdp["val/cell_acc"][-1], abs=1e-6)
+    assert got(second["full_predict"]) == 12
+
+
+@pytest.mark.slow
+def test_fsdp_sharded_checkpoints_load_under_fsdp_and_after_consolidation(first, second, tmp_path, capsys):
+    first["fsdp"].ok(), first["sharded"].ok(), second["sharded_validate"].ok(), second["consolidate"].ok()
+    folder = log_dir(first["sharded"].root) / "checkpoints" / "last.ckpt"
+    assert folder.is_dir() and (folder / "meta.pt").is_file()
+    same_metrics(log_dir(first["fsdp"].root), log_dir(first["sharded"].root))  # recomputed activations: the same numbers
+
+    full = got(second["full_validate"])
+    from_shards = read_metrics(str(log_dir(second["sharded_validate"].root)))  # validated under FSDP on 2 ranks
+    for k in ("val/loss", "val/cell_acc"):
+        assert from_shards[k][-1] == pytest.approx(full[k], abs=1e-6), k
+
+    # one process: a one-line error naming the consolidation command, whose file then loads
+    code = main(["validate", *flags(tmp_path / "w"), "--ckpt_path", str(folder)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and err[-1].startswith("gridlm: error: --ckpt_path") and "consolidate_checkpoint" in err[-1]
+    merged = folder.with_name("last.ckpt.consolidated")
+    assert _validate(merged, tmp_path / "m") == pytest.approx(full, abs=1e-6)
+    assert _predict(merged, tmp_path / "pred") == 12
+
+
+@pytest.mark.slow
+def test_the_refiner_trains_under_fsdp_as_under_ddp(second):
+    second["refiner_ddp"].ok(), second["refiner_fsdp"].ok()
+    ddp, fsdp = log_dir(second["refiner_ddp"].root), log_dir(second["refiner_fsdp"].root)
+    assert read_metrics(str(fsdp))["train/loss"] == pytest.approx(read_metrics(str(ddp))["train/loss"], rel=1e-6)
+    a = torch.load(ddp / "checkpoints" / "last.ckpt", weights_only=True)
+    b = torch.load(fsdp / "checkpoints" / "last.ckpt", weights_only=True)
+    assert a["state_dict"].keys() == b["state_dict"].keys()
+    for k, v in a["state_dict"].items():
+        torch.testing.assert_close(b["state_dict"][k], v, rtol=1e-5, atol=1e-6, msg=k)
