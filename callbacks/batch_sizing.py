@@ -27,7 +27,9 @@ it has not measured under the budget.
 
 Strategies that shard the model (FSDP, DeepSpeed, model parallel) or accelerators other than
 CPU/CUDA cannot be probed this way: the callback leaves ``micro_batch_size`` as configured and
-says so once. Under DDP every rank probes and all take the smallest choice.
+says so once. Under DDP every rank probes and all take the smallest choice. The effective batch
+counts every device: W devices each take ``effective_batch / W`` examples per step (it must
+divide), so a run keeps its optimization on any number of devices.
 
 The choice is saved in the callback's checkpoint state, in the module's hyperparameters and in
 the resolved config stored in the checkpoint; a resumed run restores it without probing again.
@@ -46,7 +48,7 @@ import torch
 from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
-from gridlm.datamodules.batching import collate
+from gridlm.datamodules.batching import collate, per_device_batch
 
 MemoryFn = Callable[[int], float]  # rows of the worst-case batch -> peak bytes of forward + backward
 _UNITS = {"": 1, "B": 1, "KB": 1e3, "MB": 1e6, "GB": 1e9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
@@ -208,10 +210,12 @@ class MemoryAwareBatchSize(L.Callback):
     ) -> None:
         """
         Args:
-            effective_batch: examples per optimizer step; sets ``data.batch_size`` (None: keep it).
+            effective_batch: examples per optimizer step over all W devices; sets ``data.batch_size``
+                (per device) to ``effective_batch / W``, which must divide (None: keep data.batch_size).
             effective_tokens: alternative to ``effective_batch``: tokens per optimizer step *on
-                average*; ``data.batch_size`` becomes ``round(effective_tokens / mean example
-                length)`` (bucketed batches of long examples then hold more tokens, of short ones fewer).
+                average*, over all W devices; ``data.batch_size`` becomes ``round(effective_tokens /
+                (W x mean example length))`` (bucketed batches of long examples then hold more
+                tokens, of short ones fewer).
             budget: memory for the whole training process on the device: a fraction of the device's
                 memory (``<= 1``), bytes (``> 1``), or a string such as ``"6GB"``.
             margin: fraction of the budget kept free (allocator fragmentation, measurement noise).
@@ -244,21 +248,22 @@ class MemoryAwareBatchSize(L.Callback):
         dataset = getattr(dm, "datasets", {}).get("train") if dm is not None else None
         if self._restored:
             pl_module.micro_batch_size = self.micro_batch_size
-            if self.effective_batch is not None and dm is not None:
-                dm.batch_size = self.effective_batch
+            if self.effective_batch is not None and dm is not None:  # per device, on this run's devices
+                dm.batch_size = per_device_batch(self.effective_batch, trainer.world_size, "MemoryAwareBatchSize.effective_batch")
             rank_zero_info(f"MemoryAwareBatchSize: resumed with micro-batch {self.micro_batch_size} (no probe)")
             return
         if dm is None or dataset is None or not hasattr(dm, "batch_size"):
             return self._skip("no GridDataModule with a training set to take the worst-case batch from")
         if not hasattr(pl_module, "micro_batch_size") or not hasattr(pl_module, "token_losses"):
             return self._skip(f"{type(pl_module).__name__} has no micro_batch_size / token_losses")
+        world = trainer.world_size
         if self.effective_tokens is not None:
             mean_length = sum(dataset.lengths) / len(dataset.lengths)
-            self.effective_batch = max(1, round(self.effective_tokens / mean_length))
+            self.effective_batch = world * max(1, round(self.effective_tokens / (world * mean_length)))
         if self.effective_batch is not None:
-            dm.batch_size = self.effective_batch
-            dm.hparams["batch_size"] = self.effective_batch
-        self.effective_batch = dm.batch_size
+            dm.batch_size = per_device_batch(self.effective_batch, world, "MemoryAwareBatchSize.effective_batch")
+            dm.hparams["batch_size"] = dm.batch_size
+        self.effective_batch = dm.batch_size * world
         measure = self.memory_fn or self._measurer(trainer, pl_module, dataset)
         if measure is None:
             return
@@ -268,7 +273,7 @@ class MemoryAwareBatchSize(L.Callback):
         pl_module.train()
         devices = [pl_module.device] if pl_module.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):  # probing must not change the run's random stream
-            micro, self.measurements = choose_micro_batch(measure, usable, self.effective_batch, self.max_probes)
+            micro, self.measurements = choose_micro_batch(measure, usable, dm.batch_size, self.max_probes)
         pl_module.train(was_training)
         if trainer.world_size > 1:  # every rank must accumulate alike: take the smallest choice
             micro = int(trainer.strategy.all_gather(torch.tensor(micro, device=pl_module.device)).min())
@@ -341,19 +346,22 @@ class MemoryAwareBatchSize(L.Callback):
     def _apply(self, trainer, pl_module, micro: int) -> None:
         """Set the micro-batch and record it where a resumed run and a reader will find it."""
         self.micro_batch_size = pl_module.micro_batch_size = micro
-        accumulate = math.ceil(self.effective_batch / micro)
+        per_device = self.effective_batch // trainer.world_size
+        accumulate = math.ceil(per_device / micro)
         if hasattr(pl_module, "hparams"):
             pl_module.hparams["micro_batch_size"] = micro  # checkpoint hyper_parameters
         config = getattr(pl_module, "resolved_config", None)
         if isinstance(config, dict):  # the config stored in the checkpoint's "gridlm" metadata
             config.setdefault("model", {}).setdefault("init_args", {})["micro_batch_size"] = micro
-            config.setdefault("data", {})["batch_size"] = self.effective_batch
+            config.setdefault("data", {})["batch_size"] = per_device
         for logger in trainer.loggers:
             logger.log_hyperparams(
                 {"batch/micro_batch_size": micro, "batch/accumulate": accumulate, "batch/effective": self.effective_batch}
             )
         rank_zero_info(
-            f"MemoryAwareBatchSize: micro-batch {micro} x {accumulate} accumulation = effective batch "
+            f"MemoryAwareBatchSize: micro-batch {micro} x {accumulate} accumulation"
+            + (f" x {trainer.world_size} devices" if trainer.world_size > 1 else "")
+            + f" = effective batch "
             f"{self.effective_batch} (budget {self.budget_bytes / 2**20:.0f} MiB, margin {self.margin:.0%}, "
             f"{len(self.measurements)} measurements)"
         )

@@ -54,6 +54,10 @@ class BucketBatchSampler(Sampler[list[tuple[int, int]]]):
         self.lengths_for = lengths_for  # epoch -> lengths, for datasets that change every epoch
         self.epoch = 0
         self.start_batch = 0  # batches of this epoch already consumed (set when resuming mid-epoch)
+        # examples of epoch ``exclude_epoch`` consumed under another layout (batch size or number
+        # of replicas) before a resume: that epoch is dealt from the remaining examples only
+        self.exclude: np.ndarray | None = None
+        self.exclude_epoch = -1
 
     def set_epoch(self, epoch: int) -> None:
         """Called by Lightning at the start of every epoch (through :attr:`sampler`)."""
@@ -76,6 +80,9 @@ class BucketBatchSampler(Sampler[list[tuple[int, int]]]):
         if self.shuffle:
             rng = np.random.default_rng([self.seed, epoch])
             order = rng.permutation(n)
+            if self.exclude is not None and epoch == self.exclude_epoch:
+                order = order[~np.isin(order, self.exclude)]  # the rest of the epoch, in its order
+            n = len(order)
             chunk = self.batch_size * self.bucket_factor
             parts = []
             for s in range(0, n, chunk):
@@ -112,14 +119,50 @@ class BucketBatchSampler(Sampler[list[tuple[int, int]]]):
     def state_dict(self) -> dict:
         return {"epoch": self.epoch, "seed": self.seed}
 
-    def resume_at(self, epoch: int, batches_done: int) -> None:
+    def resume_at(self, epoch: int, batches_done: int, exclude: Sequence[int] | None = None) -> None:
         """Continue ``epoch`` after its first ``batches_done`` batches (per replica); an epoch
-        already complete continues with the first batch of the next one."""
+        already complete continues with the first batch of the next one. ``exclude``: examples
+        of ``epoch`` consumed under another layout; the epoch's batches are then built from the
+        other examples (``batches_done`` counts batches of that rest)."""
         if batches_done < 0:
             raise ValueError(f"batches_done must be >= 0, got {batches_done}")
-        if batches_done >= len(self):
+        self.exclude = None if exclude is None else np.unique(np.asarray(exclude, dtype=np.int64))
+        self.exclude_epoch = epoch if exclude is not None else -1
+        if batches_done >= self.batches_per_replica(epoch):
             epoch, batches_done = epoch + 1, 0
         self.epoch, self.start_batch = epoch, batches_done
+
+    def batches_per_replica(self, epoch: int | None = None) -> int:
+        """Batches each replica draws in ``epoch`` (fewer than ``len(self)`` in an epoch resumed
+        under another layout, whose consumed examples are excluded)."""
+        epoch = self.epoch if epoch is None else epoch
+        if self.exclude is None or epoch != self.exclude_epoch:
+            return len(self)
+        return math.ceil(len(self.batches(epoch)) / self.num_replicas)
+
+    def consumed(self, epoch: int, batches_done: int) -> np.ndarray:
+        """Sorted example indices of ``epoch`` consumed when every replica has drawn its first
+        ``batches_done`` batches (the examples excluded from that epoch included)."""
+        done = self.batches(epoch)[: batches_done * self.num_replicas]
+        parts = [np.asarray(b, dtype=np.int64) for b in done]
+        if self.exclude is not None and epoch == self.exclude_epoch:
+            parts.append(self.exclude)
+        return np.unique(np.concatenate(parts)) if parts else np.zeros(0, dtype=np.int64)
+
+
+def per_device_batch(total: int, world_size: int, option: str, where: str = "") -> int:
+    """Examples per device when ``total`` examples per optimizer step are shared by
+    ``world_size`` devices; one ``ValueError`` line naming ``option`` when they do not divide."""
+    if total < 1:
+        raise ValueError(f"{option} must be >= 1, got {total}")
+    if total % world_size:
+        lower, upper = (total // world_size) * world_size, (total // world_size + 1) * world_size
+        near = " or ".join(str(v) for v in (lower, upper) if v > 0)
+        raise ValueError(
+            f"{option} {total} does not divide over {world_size} devices{where}: the per-device batch would be "
+            f"{total / world_size:g}; use a multiple of {world_size} ({near}), or set data.batch_size (per device) instead"
+        )
+    return total // world_size
 
 
 def collate(seqs: list[TokenSequence]) -> dict:

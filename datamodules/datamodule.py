@@ -30,7 +30,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader, Dataset
 
 from gridlm.datamodules.augment import IDENTITY, random_augmentation
-from gridlm.datamodules.batching import BucketBatchSampler, collate
+from gridlm.datamodules.batching import BucketBatchSampler, collate, per_device_batch
 from gridlm.datamodules.resumable import ResumableDataLoader
 from gridlm.datamodules.orders import OrderName
 from gridlm.datamodules.serialize import check_row_end, max_augmented_length, serialize_example
@@ -175,6 +175,7 @@ class GridDataModule(L.LightningDataModule):
         order: OrderName = "row_major",
         max_seq_len: int = 2048,
         batch_size: int = 8,
+        global_batch_size: Optional[int] = None,
         seed: int = 0,
         augment: bool = True,
         augment_colours: bool = True,
@@ -208,7 +209,11 @@ class GridDataModule(L.LightningDataModule):
             predict_source: tasks whose test inputs ``gridlm predict`` solves; ``None``: the validation tasks.
             order: serialization order of the cells of each grid.
             max_seq_len: longest sequence; longer examples lose demonstrations, then are dropped.
-            batch_size: examples per micro-batch (per device).
+            batch_size: examples per batch on each device (one optimizer step; ``model.micro_batch_size``
+                splits it further). With D devices on N nodes a step sees N x D x batch_size examples.
+            global_batch_size: examples per optimizer step over all devices; when set, the per-device
+                batch is ``global_batch_size / (num_nodes x devices)`` (it must divide) and
+                ``batch_size`` is ignored, so a run keeps its optimization on any device count.
             seed: shuffling and augmentation seed.
             augment: random dihedral transform and colour permutation per training example and epoch.
             augment_colours: permute colours when augmenting.
@@ -237,6 +242,8 @@ class GridDataModule(L.LightningDataModule):
             raise ValueError(f"data.max_seq_len must be >= 16, got {max_seq_len}")
         if batch_size < 1:
             raise ValueError(f"data.batch_size must be >= 1, got {batch_size}")
+        if global_batch_size is not None and global_batch_size < 1:
+            raise ValueError(f"data.global_batch_size must be >= 1 or null, got {global_batch_size}")
         check_row_end(order, row_end)  # at construction, not at the first batch (maybe in a worker)
         if not isinstance(source, str) and (not source or not all(isinstance(s, str) for s in source)):
             raise ValueError(f"data.source: a source name or a non-empty list of them, got {source!r}")
@@ -335,6 +342,10 @@ class GridDataModule(L.LightningDataModule):
         )  # fmt: skip
 
     def setup(self, stage: str | None = None) -> None:
+        trainer = getattr(self, "trainer", None)
+        if self.hparams.global_batch_size is not None:
+            world = trainer.world_size if trainer is not None else 1
+            self.batch_size = per_device_batch(self.hparams.global_batch_size, world, "data.global_batch_size")
         if stage in ("fit", None) and "train" not in self.datasets:
             sources = [self.source] if isinstance(self.source, str) else list(self.source)
             streams = [self._stream(s) for s in sources if synthetic_kind(s) == "synthetic"]
@@ -380,6 +391,7 @@ class GridDataModule(L.LightningDataModule):
         )
         if name == "train" and trainer is not None:
             loader.progress = lambda: trainer.fit_loop.epoch_loop.batch_progress.current.processed
+            loader.set_progress = lambda n: _move_progress(trainer.fit_loop.epoch_loop.batch_progress.current, n)
         return loader
 
     def train_dataloader(self) -> DataLoader:
@@ -408,3 +420,11 @@ def _difficulty(**knobs: int) -> Difficulty:
         return Difficulty(**knobs)
     except (TypeError, ValueError) as e:
         raise type(e)(f"data: {str(e).replace('synthetic ', 'synthetic_')} (data.synthetic_* options)") from e
+
+
+def _move_progress(current, n: int) -> None:
+    """Shift Lightning's batch counters of the current epoch (ready, started, processed,
+    completed) so that ``processed`` becomes ``n``."""
+    delta = n - current.processed
+    for name in ("ready", "started", "processed", "completed"):
+        setattr(current, name, getattr(current, name) + delta)

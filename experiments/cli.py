@@ -54,6 +54,7 @@ from gridlm.configs import resolve_config
 from gridlm.callbacks.wandb_tracking import GridWandbLogger, WandbMode, WandbTracking
 from gridlm.datamodules.datamodule import GridDataModule
 from gridlm.experiments.cli_errors import GridArgumentParser, user_error
+from gridlm.experiments import scaling
 from gridlm.experiments.quiet import quiet_known_noise, verbose_requested
 from gridlm.modules.base_model import NonFiniteLossError
 from gridlm.modules.checkpoints import PRETRAINED_PREFIX, resolve_checkpoint
@@ -160,11 +161,16 @@ class GridLightningCLI(LightningCLI):
         parser.add_argument("--study", type=Optional[str], default=None, help="Study name: the wandb group of the run (set by gridlm-compare).")
         parser.add_argument("--max_tokens", type=Optional[int], default=None,
                             help="fit: stop once this many training tokens (non-pad, all devices) are seen (TokenBudget).")  # fmt: skip
+        parser.add_argument("--master_timeout", type=float, default=300.0,
+                            help="Seconds a process of a multi-device run waits to reach MASTER_ADDR:MASTER_PORT (docs/scaling.md).")  # fmt: skip
         parser.add_lightning_class_args(SubmissionWriter, "submission")
 
     def instantiate_trainer(self, **kwargs: Any) -> L.Trainer:
         cfg = self.config[self.subcommand] if self.subcommand else self.config
         trainer_cfg = self._get(self.config_init, "trainer", default={})
+        scaling.check_devices(trainer_cfg)
+        if (strategy := scaling.strategy_for(trainer_cfg)) is not None:
+            kwargs["strategy"] = strategy  # --trainer.strategy fsdp: gridlm's FSDP (experiments/fsdp.py)
         if trainer_cfg.get("logger") in (None, True):
             # default loggers: CSV always, wandb offline unless a key and network are there
             run = run_folder_of(cfg.get("ckpt_path")) if self.subcommand in ("validate", "test", "predict") else None
@@ -208,14 +214,17 @@ class GridLightningCLI(LightningCLI):
 
     def before_fit(self) -> None:
         self.model.resolved_config = self._resolved_config()
+        self._check_launch()
         self._check_ckpt_path()
         # an unknown pretrained name or a missing file fails now, before any data is loaded
         resolve_checkpoint(getattr(self.model, "init_from", None), "--model.init_from")
 
     def before_validate(self) -> None:
+        self._check_launch()
         self._check_ckpt_path()
 
     def before_test(self) -> None:
+        self._check_launch()
         self._check_ckpt_path()
 
     def before_instantiate_classes(self) -> None:
@@ -225,6 +234,7 @@ class GridLightningCLI(LightningCLI):
                 check_destination(out)
 
     def before_predict(self) -> None:
+        self._check_launch()
         self._check_ckpt_path()
 
     def _run_subcommand(self, subcommand: str) -> None:
@@ -234,6 +244,11 @@ class GridLightningCLI(LightningCLI):
                 # from this run's; nothing is saved outside fit, so the warning says nothing
                 warnings.filterwarnings("ignore", message="The dirpath has changed from")
             super()._run_subcommand(subcommand)
+
+    def _check_launch(self) -> None:
+        """Multi-device runs: a global batch that divides, a reachable master (docs/scaling.md)."""
+        scaling.check_batch(self.trainer, self.datamodule)
+        scaling.check_master_reachable(self.trainer, float(self.config_init[self.subcommand].get("master_timeout", 300.0)))
 
     def _check_ckpt_path(self) -> None:
         """Before any data is loaded: ``fit --ckpt_path last`` -> the newest ``last*.ckpt`` of this
@@ -250,6 +265,7 @@ class GridLightningCLI(LightningCLI):
             if found is None:
                 return  # Lightning warns and starts from scratch
             cfg["ckpt_path"] = path = found
+        scaling.check_checkpoint_strategy(path, self.trainer)
         checkpoint = read_checkpoint(path)
         check_compatible(checkpoint, self.model, path)
         if self.datamodule is not None:
@@ -302,7 +318,7 @@ class GridLightningCLI(LightningCLI):
         model options; read through :func:`read_checkpoint`, so the class paths of older
         releases (``modules.base_model...``) resolve to ``gridlm.modules...``."""
         sub = self.config.get("subcommand")
-        if not sub or not path or not Path(path).is_file():
+        if not sub or not path or not (Path(path).is_file() or scaling.is_sharded_checkpoint(path)):
             return
         hparams = dict(read_checkpoint(path).get("hyper_parameters") or {})
         hparams.pop("_instantiator", None)

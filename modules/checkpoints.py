@@ -68,18 +68,26 @@ def _upgrade_config(node: Any) -> None:
             _upgrade_config(v)
 
 
+SHARDED_METADATA = "meta.pt"  # Lightning's FSDP sharded checkpoint: a folder of shards and this file
+
+
 def read_checkpoint(path: str, what: str = "--ckpt_path") -> dict:
     """Read a checkpoint for inspection or loading: memory-mapped, ``weights_only=True``, class
-    paths of older releases upgraded, one-line errors naming ``what`` and the file."""
-    if not Path(path).is_file():
+    paths of older releases upgraded, one-line errors naming ``what`` and the file. A sharded
+    FSDP checkpoint (a folder) yields its ``meta.pt``: everything but the weights and optimizer
+    state, with ``"sharded": True``."""
+    sharded = Path(path).is_dir() and (Path(path) / SHARDED_METADATA).is_file()
+    if not sharded and not Path(path).is_file():
         raise FileNotFoundError(f"{what} {path}: no such checkpoint file")
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        checkpoint = torch.load(Path(path) / SHARDED_METADATA if sharded else path, map_location="cpu", weights_only=True, mmap=True)
     except (RuntimeError, EOFError, OSError, pickle.UnpicklingError, ValueError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ValueError(f"checkpoint {path} cannot be loaded ({first}); is it a complete gridlm checkpoint?") from err
     if not isinstance(checkpoint, dict):
         raise ValueError(f"checkpoint {path} holds a {type(checkpoint).__name__}, not a Lightning checkpoint dict")
+    if sharded:
+        checkpoint["sharded"] = True
     return upgrade_checkpoint(checkpoint)
 
 
@@ -96,6 +104,11 @@ def model_from_checkpoint(checkpoint: dict, cls: type, path: str, what: str = "-
     """Build ``cls`` from a checkpoint's hyperparameters and load its weights (strict), without
     Lightning's class-path import (which rejects the names of older releases)."""
     hparams = checkpoint.get("hyper_parameters")
+    if checkpoint.get("sharded"):
+        raise ValueError(
+            f"{what}: {path} is a sharded FSDP checkpoint (a folder); make one file of it first: "
+            f"python -m lightning.pytorch.utilities.consolidate_checkpoint {path}"
+        )
     if not isinstance(hparams, dict) or "d_model" not in hparams:
         raise ValueError(f"{what}: {path} has no gridlm model hyperparameters; is it a Lightning checkpoint of gridlm fit?")
     model = cls(**init_kwargs(hparams, cls))

@@ -1,0 +1,250 @@
+"""``GridFSDPStrategy``: Fully Sharded Data Parallel for gridlm models, on GPUs and on CPU.
+
+FSDP (Zhao et al. 2023, "PyTorch FSDP: Experiences on Scaling Fully Sharded Data Parallel")
+keeps 1/W of every weight, gradient and optimizer state on each of W devices and gathers a
+layer's weights just before it runs. ``gridlm fit --trainer.strategy fsdp`` uses this strategy
+(the CLI maps the name here); Lightning's ``FSDPStrategy`` is the base. What it changes:
+
+- **what is sharded**: every transformer ``Block`` is an FSDP unit sharded by
+  ``sharding_strategy``, so only one block's full weights exist at a time. Each ``Transformer``
+  inside the LightningModule (the base model's and the refiner's ``self.model``) is the FSDP root
+  around its blocks; the root's own weights (embeddings, which the output head shares, final
+  norm, position tables: small next to the blocks with a vocabulary of ~80 tokens) are
+  replicated (``NO_SHARD``), because the refiner reads the head's weights outside the forward
+  pass. Lightning would wrap the whole LightningModule and run ``training_step`` inside the
+  wrapper's forward, where the base model's manual (micro-batched) backward fails an FSDP state
+  check. Calls of ``Transformer.hidden`` (the refiner) are routed through the root's forward,
+  which gathers and synchronises like a forward call. A trainable parameter outside every
+  transformer would not be synchronised: refused at setup.
+- **evaluation on a full copy**: greedy decoding runs a different number of forward passes on
+  each rank (one per generated token), and every sharded forward is a collective that all
+  ranks must join (unequal counts hang). So validation, test and predict run on plain copies of
+  the transformers, gathered on every rank when evaluation starts and dropped when training
+  resumes or a checkpoint is written; their weights must fit one device.
+- **CPU**: Lightning accepts FSDP only with ``accelerator="cuda"`` and gives FSDP no device on
+  CPU, where FSDP then refuses to start. torch's FSDP runs on CPU over gloo when it is given
+  ``device_id=cpu``; this strategy does that, so multi-process FSDP is tested on CPU.
+- **gradient clipping by norm**: Lightning's ``FSDPPrecision`` raises for it; here every FSDP
+  root's ``clip_grad_norm_`` computes the norm over all shards (a collective).
+
+Checkpoints: ``state_dict_type="full"`` (default) writes one ordinary Lightning file, gathered
+on rank 0, that loads anywhere (one process, DDP, FSDP on another device count);
+``"sharded"`` writes a folder of per-rank shards (``torch.distributed.checkpoint``) and
+``meta.pt``, loaded by FSDP on any device count, or by one process after
+``python -m lightning.pytorch.utilities.consolidate_checkpoint <folder>``. FSDP writes its
+checkpoints itself, not through the project's ``AtomicCheckpointIO``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from typing import Any, Iterator, Literal, Optional
+
+import torch
+from lightning.pytorch.plugins.precision import FSDPPrecision
+from lightning.pytorch.strategies import FSDPStrategy
+from lightning.pytorch.strategies.strategy import _ForwardRedirection
+from torch import nn
+
+from gridlm.modules.transformer import Block, Transformer
+
+ShardingName = Literal["FULL_SHARD", "SHARD_GRAD_OP", "NO_SHARD"]
+
+
+class GridFSDPPrecision(FSDPPrecision):
+    """``FSDPPrecision`` that clips by the global gradient norm (over every rank's shard)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.roots: list[nn.Module] = []  # the FSDP roots, set by the strategy
+
+    def clip_grad_by_norm(self, optimizer: Any, clip_val: float) -> None:
+        if not self.roots:
+            raise RuntimeError("GridFSDPPrecision: no FSDP module to clip (GridFSDPStrategy sets them up)")
+        for root in self.roots:
+            root.clip_grad_norm_(clip_val)
+
+
+class GridFSDPStrategy(FSDPStrategy):
+    """FSDP over the transformer blocks of a gridlm model (see the module docstring)."""
+
+    strategy_name = "fsdp"
+
+    def __init__(
+        self,
+        state_dict_type: Literal["full", "sharded"] = "full",
+        sharding_strategy: ShardingName = "FULL_SHARD",
+        activation_checkpointing: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        """
+        Args:
+            state_dict_type: ``full``: one checkpoint file, gathered on rank 0 (loads anywhere);
+                ``sharded``: a folder with one shard per rank (less memory and time to save).
+            sharding_strategy: how each block is split: ``FULL_SHARD`` (weights, gradients and
+                optimizer state: least memory), ``SHARD_GRAD_OP`` (weights stay gathered from forward
+                to backward: less communication), ``NO_SHARD`` (replicated, as DDP).
+            activation_checkpointing: recompute each block's activations in the backward pass
+                (less activation memory, one more forward per block).
+            **kwargs: further arguments of Lightning's ``FSDPStrategy`` and torch's FSDP
+                (``auto_wrap_policy`` is ignored: the blocks are the units).
+        """
+        if activation_checkpointing:
+            kwargs.setdefault("activation_checkpointing_policy", {Block})
+        kwargs.pop("auto_wrap_policy", None)
+        super().__init__(state_dict_type=state_dict_type, sharding_strategy=sharding_strategy, **kwargs)
+        self._roots: list[tuple[str, nn.Module]] = []  # (attribute path in the LightningModule, FSDP root)
+        self._copies_in_use = False
+
+    # ------------------------------------------------------------------ precision plugin
+    @property
+    def precision_plugin(self) -> GridFSDPPrecision:
+        plugin = self._precision_plugin
+        return plugin if plugin is not None else GridFSDPPrecision("32-true")
+
+    @precision_plugin.setter
+    def precision_plugin(self, plugin: Optional[FSDPPrecision]) -> None:
+        if plugin is not None and not isinstance(plugin, GridFSDPPrecision):
+            if not isinstance(plugin, FSDPPrecision):
+                raise TypeError(f"GridFSDPStrategy needs an FSDPPrecision plugin, got {type(plugin).__name__}")
+            plugin = GridFSDPPrecision(plugin.precision, plugin.scaler)
+        self._precision_plugin = plugin
+
+    # ------------------------------------------------------------------ wrapping
+    def _setup_model(self, model: nn.Module) -> nn.Module:
+        """Wrap every ``Transformer`` submodule (each block an FSDP unit); refuse trainable
+        parameters outside them."""
+        from lightning.fabric.strategies.fsdp import _move_torchmetrics_to_device, _setup_activation_checkpointing
+        from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+        from torch.distributed.fsdp import ShardingStrategy
+
+        targets = [(name, m) for name, m in model.named_modules() if isinstance(m, Transformer)]
+        if not targets:
+            raise ValueError(f"--trainer.strategy fsdp: {type(model).__name__} holds no gridlm Transformer to shard")
+        self._roots = []
+        # device_id: also a CPU device (FSDP then runs its collectives over gloo)
+        common = dict(cpu_offload=self.cpu_offload, mixed_precision=self.mixed_precision_config, device_id=self.root_device, **self.kwargs)
+        for name, module in targets:
+            for i, block in enumerate(module.blocks):
+                module.blocks[i] = FSDP(block, sharding_strategy=self.sharding_strategy, **common)
+            root = FSDP(module, sharding_strategy=ShardingStrategy.NO_SHARD, **common)
+            # Transformer.hidden (the refiner's entry point) through the wrapper's forward
+            redirect = _ForwardRedirection()
+            object.__setattr__(root, "hidden", lambda *a, _r=root, **k: redirect(_r, _r.module, "hidden", *a, **k))
+            _set_submodule(model, name, root)
+            _setup_activation_checkpointing(root, self._activation_checkpointing_kwargs)
+            self._roots.append((name, root))
+        inside = {id(p) for _, r in self._roots for p in r.parameters()}
+        outside = [n for n, p in model.named_parameters() if p.requires_grad and id(p) not in inside]
+        if outside:
+            raise ValueError(
+                "--trainer.strategy fsdp: trainable parameters outside the model's Transformer would not be "
+                f"synchronised across ranks: {', '.join(outside[:5])}; move them into the Transformer"
+            )
+        _move_torchmetrics_to_device(model, self.root_device)
+        self.precision_plugin.roots = [r for _, r in self._roots]
+        return model
+
+    # ------------------------------------------------------------------ evaluation on full copies
+    def _use_full_copies(self) -> None:
+        """Replace each FSDP root in the LightningModule by a plain copy with the gathered weights."""
+        if self._copies_in_use or not self._roots:
+            return
+        for name, root in self._roots:
+            with self._full_context(root):
+                state = root.state_dict()  # every rank gathers the whole transformer
+            copy = Transformer(root.module.cfg).to(self.root_device)
+            copy.load_state_dict(state)
+            copy.requires_grad_(False)
+            copy.train(root.training)
+            _set_submodule(self.lightning_module, name, copy)
+        self._copies_in_use = True
+
+    def _use_shards(self) -> None:
+        if self._copies_in_use:
+            for name, root in self._roots:
+                _set_submodule(self.lightning_module, name, root)
+            self._copies_in_use = False
+
+    def training_step(self, *args: Any, **kwargs: Any) -> Any:
+        self._use_shards()
+        return super().training_step(*args, **kwargs)
+
+    def validation_step(self, *args: Any, **kwargs: Any) -> Any:
+        self._use_full_copies()
+        return super().validation_step(*args, **kwargs)
+
+    def test_step(self, *args: Any, **kwargs: Any) -> Any:
+        self._use_full_copies()
+        return super().test_step(*args, **kwargs)
+
+    def predict_step(self, *args: Any, **kwargs: Any) -> Any:
+        self._use_full_copies()
+        return super().predict_step(*args, **kwargs)
+
+    def teardown(self) -> None:
+        self._use_shards()
+        super().teardown()
+
+    # ------------------------------------------------------------------ checkpoints
+    def _full_context(self, module: Optional[nn.Module] = None):
+        """A full (unsharded) state-dict context. Lightning's uses ``offload_to_cpu=True,
+        rank0_only=True``; for weights already on the CPU FSDP's "offload" is the gathered tensor
+        itself, freed when the gather ends, and the state dict then reads freed memory (a
+        segfault, torch 2.13). Here every rank gathers in place (``rank0_only`` needs the offload)."""
+        from torch.distributed.fsdp import FullOptimStateDictConfig, FullStateDictConfig, StateDictType
+        from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+
+        return FSDP.state_dict_type(
+            module if module is not None else self.model,
+            StateDictType.FULL_STATE_DICT,
+            FullStateDictConfig(offload_to_cpu=False, rank0_only=False),
+            FullOptimStateDictConfig(offload_to_cpu=False, rank0_only=False),
+        )
+
+    def lightning_module_state_dict(self) -> dict[str, Any]:
+        self._use_shards()
+        with _quiet_replicated_roots():
+            if self._state_dict_type != "full" or self.root_device.type != "cpu":
+                return super().lightning_module_state_dict()
+            with self._full_context():
+                return self.model.state_dict()
+
+    def optimizer_state(self, optimizer: Any) -> dict[str, Any]:
+        self._use_shards()
+        with _quiet_replicated_roots():
+            return self._optimizer_state(optimizer)
+
+    def _optimizer_state(self, optimizer: Any) -> dict[str, Any]:
+        if self._state_dict_type != "full" or self.root_device.type != "cpu":
+            return super().optimizer_state(optimizer)
+        from lightning.pytorch.core.optimizer import LightningOptimizer
+        from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+        from torch.distributed.fsdp import OptimStateKeyType
+
+        if isinstance(optimizer, LightningOptimizer):
+            optimizer = optimizer._optimizer
+        with self._full_context():
+            state = FSDP.optim_state_dict(self.model, optimizer)
+            if self.global_rank == 0:  # keyed like a plain optimizer's: loads without FSDP
+                state = FSDP.rekey_optim_state_dict(state, OptimStateKeyType.PARAM_ID, self.model)
+            return state
+
+    def load_checkpoint(self, checkpoint_path: Any, weights_only: Optional[bool] = None) -> dict[str, Any]:
+        self._use_shards()
+        return super().load_checkpoint(checkpoint_path, weights_only=weights_only)
+
+
+@contextlib.contextmanager
+def _quiet_replicated_roots() -> Iterator[None]:
+    """torch warns on every save that a ``NO_SHARD`` unit (the replicated roots) gives a full
+    state dict where a sharded one was asked for: intended here."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="When using ``NO_SHARD`` for ``ShardingStrategy``")
+        yield
+
+
+def _set_submodule(root: nn.Module, name: str, module: nn.Module) -> None:
+    parent_name, _, attr = name.rpartition(".")
+    setattr(root.get_submodule(parent_name) if parent_name else root, attr, module)
