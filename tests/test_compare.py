@@ -73,18 +73,25 @@ def test_encodings_study_covers_every_encoding():
     assert {tuple(v) for v in study.variants.values()} == {("model.encoding",)}  # nothing else differs
 
 
-def test_default_encodings_study_is_every_encoding_and_the_combination_at_equal_tokens():
+def test_default_encodings_study_answers_1d_vs_2d_and_onehot_vs_quadtree_at_equal_tokens():
     from gridlm.modules.encodings import ENCODINGS
 
     study = load_study(CONFIGS / "studies" / "encodings.yaml")
     encodings = [v["model.encoding"] for v in study.variants.values()]
-    assert sorted(e for e in encodings if isinstance(e, str)) == sorted(ENCODINGS)
-    assert [e for e in encodings if not isinstance(e, str)] == [["rope_1d", "onehot_2d"]]
-    assert study.base == ["configs/quickstart.yaml"] and study.seeds == [0, 1]
+    assert set(encodings) <= set(ENCODINGS)
+    assert {"rope_1d", "learned_1d"} <= set(encodings) and {"onehot_2d", "quadtree_2d", "edges_2d", "rope_2d"} <= set(encodings)
+    assert study.base == ["configs/quickstart.yaml"] and study.seeds == [0, 1] and study.baseline == "rope_1d"
     assert study.max_tokens and study.max_steps is None and study.baseline in study.variants
-    assert study.flags["model.n_generate"] >= study.flags["data.max_val_examples"]  # every validation example decoded
+    assert study.flags["model.n_generate"] is None and study.flags["data.max_val_examples"] is None  # every task decoded
+    assert "model.encoding" not in study.flags  # the variants choose it; every other model flag is pinned
     flags = dict(a[2:].split("=", 1) for a in fit_command(study, "rope_2d", 0, Path("out"), "disabled") if a.startswith("--") and "=" in a)
     assert flags["max_tokens"] == str(study.max_tokens) and flags["trainer.max_steps"] == "-1"
+
+
+def test_orders_study_pairs_hilbert_with_row_major():
+    study = load_study(CONFIGS / "studies" / "orders.yaml")
+    assert [v["data.order"] for v in study.variants.values()] == ["row_major", "hilbert"] and study.baseline == "row_major"
+    assert study.flags["model.encoding"] == ["rope_1d", "edges_2d"] and study.max_tokens
 
 
 def test_fit_command_sets_budget_seed_group_and_run_name(tmp_path):
