@@ -146,9 +146,12 @@ class StaticKVCache:
             self.v[layer][:, :, :T] = v
             return k, v
         rows = torch.arange(k.size(0), device=k.device)
-        self.k[layer][rows, :, self.slots] = k[:, :, 0]  # (B, nh, hs) at (row, slot)
-        self.v[layer][rows, :, self.slots] = v[:, :, 0]
-        return self.k[layer], self.v[layer]  # (B, nh, L, hs)
+        kc, vc = self.k[layer], self.v[layer]
+        kc[rows, :, self.slots] = k[:, :, 0].to(kc.dtype)  # (B, nh, hs) at (row, slot)
+        vc[rows, :, self.slots] = v[:, :, 0].to(vc.dtype)
+        if kc.dtype != k.dtype:  # autocast (bf16-mixed): the cache keeps the weights' dtype, attention the activations'
+            return kc.to(k.dtype), vc.to(v.dtype)
+        return kc, vc  # (B, nh, L, hs)
 
     def keys(self, positions: Positions) -> tuple[Positions, Tensor | None, int]:
         if self.slots is None:
