@@ -386,6 +386,7 @@ def _validate(ckpt: Path, root: Path) -> dict[str, float]:
 
 def _predict(ckpt: Path, root: Path) -> int:
     """Tasks in the submission ``predict`` writes from ``ckpt`` in one process."""
+    root.mkdir(parents=True, exist_ok=True)  # predict checks its --out folder before any work
     out = root / "sub.json"
     assert main(["predict", *tiny_flags(root), "--ckpt_path", str(ckpt), "--out", str(out)]) == 0
     return len(json.loads(out.read_text()))

@@ -76,7 +76,7 @@ def test_fit_writes_one_row_per_validation_example(fitted):
         rows = [r for r in everything if r["step"] == step]
         assert len(rows) == N_VAL and len({(r["task_id"], r["test_index"]) for r in rows}) == N_VAL
         assert {r["tokens_seen"] for r in rows} == {summary["validations"][k]["tokens_seen"]}
-        assert {(r["encoding"], r["order"], r["seed"]) for r in rows} == {("rope_1d+onehot_2d", "row_major", "5")}
+        assert {(r["encoding"], r["order"], r["seed"]) for r in rows} == {("rope_1d+edges_2d", "row_major", "5")}  # the quickstart encoding
         # the averaged metrics are the per-example rows put together
         val_loss = sum(r["loss"] * r["tokens"] for r in rows) / sum(r["tokens"] for r in rows)  # token-weighted
         assert val_loss == pytest.approx(metrics["val/loss"][k], rel=1e-5)
