@@ -64,6 +64,7 @@ def test_pytree_warning_dropped_and_kept_when_asked(monkeypatch):
 
 def test_quiet_third_party_verbose_sets_the_switch_for_the_cli(monkeypatch):
     for name in (quiet.VERBOSE_ENV, "WANDB_QUIET", "WANDB_SILENT"):
-        monkeypatch.delenv(name, raising=False)
+        monkeypatch.setenv(name, "x")  # recorded first, so the values quiet_third_party sets are undone
+        monkeypatch.delenv(name)
     quiet.quiet_third_party(verbose=True)
     assert quiet.verbose_requested() and quiet.os.environ["WANDB_QUIET"] == "false" and "WANDB_SILENT" not in quiet.os.environ
