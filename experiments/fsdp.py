@@ -14,8 +14,9 @@ layer's weights just before it runs. ``gridlm fit --trainer.strategy fsdp`` uses
   pass. Lightning would wrap the whole LightningModule and run ``training_step`` inside the
   wrapper's forward, where the base model's manual (micro-batched) backward fails an FSDP state
   check. Calls of ``Transformer.hidden`` (the refiner) are routed through the root's forward,
-  which gathers and synchronises like a forward call. A trainable parameter outside every
-  transformer would not be synchronised: refused at setup.
+  which gathers and synchronises like a forward call. Small trainable modules beside the
+  transformers (the refiner's ``latent_in`` and ``halt_head``) are replicated roots of their own;
+  a trainable parameter of the LightningModule itself would not be synchronised: refused at setup.
 - **evaluation on a full copy**: greedy decoding runs a different number of forward passes on
   each rank (one per generated token), and every sharded forward is a collective that all
   ranks must join (unequal counts hang). So validation, test and predict run on plain copies of
@@ -24,8 +25,8 @@ layer's weights just before it runs. ``gridlm fit --trainer.strategy fsdp`` uses
 - **CPU**: Lightning accepts FSDP only with ``accelerator="cuda"`` and gives FSDP no device on
   CPU, where FSDP then refuses to start. torch's FSDP runs on CPU over gloo when it is given
   ``device_id=cpu``; this strategy does that, so multi-process FSDP is tested on CPU.
-- **gradient clipping by norm**: Lightning's ``FSDPPrecision`` raises for it; here every FSDP
-  root's ``clip_grad_norm_`` computes the norm over all shards (a collective).
+- **gradient clipping by norm**: Lightning's ``FSDPPrecision`` raises for it; here one norm over
+  every FSDP root and all shards (each root's ``clip_grad_norm_``, a collective), as DDP clips.
 
 Checkpoints: ``state_dict_type="full"`` (default) writes one ordinary Lightning file, gathered
 on rank 0, that loads anywhere (one process, DDP, FSDP on another device count);
@@ -38,6 +39,8 @@ checkpoints itself, not through the project's ``AtomicCheckpointIO``.
 from __future__ import annotations
 
 import contextlib
+import copy
+import math
 import warnings
 from typing import Any, Iterator, Literal, Optional
 
@@ -45,6 +48,7 @@ import torch
 from lightning.pytorch.plugins.precision import FSDPPrecision
 from lightning.pytorch.strategies import FSDPStrategy
 from lightning.pytorch.strategies.strategy import _ForwardRedirection
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 
 from gridlm.modules.transformer import Block, Transformer
@@ -62,8 +66,15 @@ class GridFSDPPrecision(FSDPPrecision):
     def clip_grad_by_norm(self, optimizer: Any, clip_val: float) -> None:
         if not self.roots:
             raise RuntimeError("GridFSDPPrecision: no FSDP module to clip (GridFSDPStrategy sets them up)")
-        for root in self.roots:
-            root.clip_grad_norm_(clip_val)
+        # one norm over every root (and every rank's shard), as DDP clips all weights together
+        norms = [root.clip_grad_norm_(math.inf) for root in self.roots]  # max_norm inf: measures, clips nothing
+        total = torch.linalg.vector_norm(torch.stack([n.detach().float().cpu() for n in norms]))
+        scale = min(1.0, clip_val / (float(total) + 1e-6))
+        if scale < 1.0:
+            for root in self.roots:
+                for p in root.parameters():
+                    if p.grad is not None:
+                        p.grad.mul_(scale)
 
 
 class GridFSDPStrategy(FSDPStrategy):
@@ -95,6 +106,7 @@ class GridFSDPStrategy(FSDPStrategy):
         kwargs.pop("auto_wrap_policy", None)
         super().__init__(state_dict_type=state_dict_type, sharding_strategy=sharding_strategy, **kwargs)
         self._roots: list[tuple[str, nn.Module]] = []  # (attribute path in the LightningModule, FSDP root)
+        self._templates: dict[str, nn.Module] = {}  # plain copies of the small non-transformer roots
         self._copies_in_use = False
 
     # ------------------------------------------------------------------ precision plugin
@@ -122,7 +134,7 @@ class GridFSDPStrategy(FSDPStrategy):
         targets = [(name, m) for name, m in model.named_modules() if isinstance(m, Transformer)]
         if not targets:
             raise ValueError(f"--trainer.strategy fsdp: {type(model).__name__} holds no gridlm Transformer to shard")
-        self._roots = []
+        self._roots, self._templates = [], {}
         # device_id: also a CPU device (FSDP then runs its collectives over gloo)
         common = dict(cpu_offload=self.cpu_offload, mixed_precision=self.mixed_precision_config, device_id=self.root_device, **self.kwargs)
         for name, module in targets:
@@ -135,12 +147,29 @@ class GridFSDPStrategy(FSDPStrategy):
             _set_submodule(model, name, root)
             _setup_activation_checkpointing(root, self._activation_checkpointing_kwargs)
             self._roots.append((name, root))
+        # small trainable modules beside the transformers (the refiner's latent_in, halt_head):
+        # replicated roots of their own, whose gradients FSDP averages like DDP
         inside = {id(p) for _, r in self._roots for p in r.parameters()}
-        outside = [n for n, p in model.named_parameters() if p.requires_grad and id(p) not in inside]
-        if outside:
+        owners = [(n, m) for n, m in model.named_modules()
+                  if any(p.requires_grad and id(p) not in inside for p in m.parameters(recurse=False))]  # fmt: skip
+        if any(not n for n, _ in owners):
+            loose = [n for n, p in model.named_parameters(recurse=False) if p.requires_grad]
             raise ValueError(
-                "--trainer.strategy fsdp: trainable parameters outside the model's Transformer would not be "
-                f"synchronised across ranks: {', '.join(outside[:5])}; move them into the Transformer"
+                "--trainer.strategy fsdp: trainable parameters held by the LightningModule itself would not be "
+                f"synchronised across ranks: {', '.join(loose[:5])}; put them in a submodule"
+            )
+        outermost = [(n, m) for n, m in owners if not any(n.startswith(o + ".") for o, _ in owners)]
+        for name, module in outermost:
+            template = copy.deepcopy(module)  # small: rebuilt from it for evaluation
+            root = FSDP(module, sharding_strategy=ShardingStrategy.NO_SHARD, **common)
+            _set_submodule(model, name, root)
+            self._roots.append((name, root))
+            self._templates[name] = template
+        if int(getattr(model, "train_passes", 1) or 1) > 1:
+            rank_zero_warn(
+                f"GridFSDPStrategy: model.train_passes {model.train_passes} runs the transformer several times per "
+                "step; under FSDP this trains slightly differently from DDP (train/loss ~0.2 % apart after 6 steps, "
+                "cause not yet found; docs/scaling.md). Use --trainer.strategy ddp where the model fits one device"
             )
         _move_torchmetrics_to_device(model, self.root_device)
         self.precision_plugin.roots = [r for _, r in self._roots]
@@ -154,11 +183,13 @@ class GridFSDPStrategy(FSDPStrategy):
         for name, root in self._roots:
             with self._full_context(root):
                 state = root.state_dict()  # every rank gathers the whole transformer
-            copy = Transformer(root.module.cfg).to(self.root_device)
-            copy.load_state_dict(state)
-            copy.requires_grad_(False)
-            copy.train(root.training)
-            _set_submodule(self.lightning_module, name, copy)
+            template = self._templates.get(name)
+            plain = copy.deepcopy(template) if template is not None else Transformer(root.module.cfg)
+            plain = plain.to(self.root_device)
+            plain.load_state_dict(state)
+            plain.requires_grad_(False)
+            plain.train(root.training)
+            _set_submodule(self.lightning_module, name, plain)
         self._copies_in_use = True
 
     def _use_shards(self) -> None:
