@@ -124,17 +124,20 @@ class StaticKVCache:
     slots ``[0, T)`` and attends causally to itself only (a real token never sees the padding
     after it). Step (``slots`` a ``(B,)`` tensor): one token per row is written at its row's
     slot (the engine keeps ``slot == pos``: prompt length + tokens generated), and attends to
-    all ``L`` slots under a mask of ``slot' <= slot``: the slots of padding were overwritten by
-    generated tokens before they become visible. Shapes never change between steps, so one
+    the slots of the window it is decoded through (:meth:`view`: the slots in use, rounded up)
+    under a mask of ``slot' <= slot``: the slots of padding were overwritten by generated
+    tokens before they become visible. Shapes change only with the window, so one
     compiled step serves every step (gpt-fast's static cache, with per-row offsets instead of a
     shared ``input_pos``). ``positions`` keeps the key metadata for attention-bias encodings."""
 
     def __init__(self, n_layers: int, batch: int, n_heads: int, head_dim: int, max_len: int, device, dtype, keep_positions: bool) -> None:
-        shape = (batch, n_heads, max_len, head_dim)
+        # one spare slot, never written: every window the engine decodes through (``view``) is then a
+        # strict view whose stride never equals a contiguous tensor's, so one compiled graph serves all
+        shape = (batch, n_heads, max_len + 1, head_dim)
         # zeros, not empty: a masked slot's value still enters softmax(qk) @ v, and 0 * NaN is NaN
         self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(n_layers)]
         self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(n_layers)]
-        fill = torch.zeros(batch, max_len, dtype=torch.long, device=device)
+        fill = torch.zeros(batch, max_len + 1, dtype=torch.long, device=device)
         self.positions = Positions(*(fill.clone() for _ in range(6))) if keep_positions else None  # (B, L) each
         self.slots: Tensor | None = None
         self.max_len = max_len
@@ -166,7 +169,7 @@ class StaticKVCache:
             for store, new in zip(self.positions, positions):
                 store[rows, self.slots] = new[:, 0] if new is not None else -1
             key_pos = Positions(*(s if n is not None else None for s, n in zip(self.positions, positions)))
-        visible = torch.arange(self.max_len, device=self.slots.device) <= self.slots[:, None]  # (B, L)
+        visible = torch.arange(self.k[0].size(2), device=self.slots.device) <= self.slots[:, None]  # (B, L)
         return key_pos, visible, 0
 
     @property
@@ -178,13 +181,26 @@ class StaticKVCache:
     def advance(self, T: int, key_pos: Positions) -> None:
         pass  # the engine moves the slots
 
+    def view(self, rows: slice = slice(None), length: int | None = None) -> "StaticKVCache":
+        """A cache over some rows and the first ``length`` slots that shares this one's storage
+        (views, no copy): the engine prefills groups of rows of similar length through it, and
+        decodes through a window of the slots in use, so a step reads the keys written so far
+        rather than all ``max_len`` slots."""
+        n = self.max_len if length is None else length
+        out = object.__new__(StaticKVCache)
+        out.k = [k[rows, :, :n] for k in self.k]
+        out.v = [v[rows, :, :n] for v in self.v]
+        out.positions = None if self.positions is None else self.positions.map(lambda t: t[rows, :n])
+        out.slots, out.max_len = None, n
+        return out
+
     def select(self, rows: Tensor, length: int) -> "StaticKVCache":
         """A cache of the chosen rows and the first ``length`` slots (copies): the engine drops
         finished rows and unused slots mid-decode."""
         out = object.__new__(StaticKVCache)
-        out.k = [k[rows, :, :length].contiguous() for k in self.k]
-        out.v = [v[rows, :, :length].contiguous() for v in self.v]
-        out.positions = None if self.positions is None else self.positions.map(lambda t: t[rows, :length].contiguous())
+        out.k = [k[rows, :, : length + 1].contiguous() for k in self.k]  # + the spare slot
+        out.v = [v[rows, :, : length + 1].contiguous() for v in self.v]
+        out.positions = None if self.positions is None else self.positions.map(lambda t: t[rows, : length + 1].contiguous())
         out.slots, out.max_len = None, length
         return out
 

@@ -25,7 +25,9 @@ from gridlm.modules.inference.grammar import plan_table
 from gridlm.modules.transformer import StaticKVCache, Transformer, TransformerConfig
 from gridlm.modules.voting import prompt_pairs
 
-EAGER = EngineConfig(compile="never")
+# the strictest engine settings: an 8-slot attention window (it moves many times per grid) and
+# one prefill per prompt length (every prefill group boundary crossed)
+EAGER = EngineConfig(compile="never", window=8, prefill_waste=0.0)
 ORDER_CASES = [(o, False) for o in sorted(ORDERS)] + [("row_major", True), ("snake", True)]
 ORDER_IDS = [f"{o}{'+row_end' if r else ''}" for o, r in ORDER_CASES]
 
@@ -86,6 +88,34 @@ def test_ragged_batch_equals_the_reference_for_every_encoding(encoding):
     m = tiny(encoding.split("+"))
     seqs = ragged_prompts("row_major", False)
     assert_same(engine(m, seqs, "row_major", max_side=6), reference(m, seqs, "row_major", max_side=6))
+
+
+@pytest.mark.parametrize("config", [EngineConfig(compile="never"), EngineConfig(compile="never", window=0, prefill_waste=10.0)], ids=["defaults", "all-slots-one-prefill"])
+def test_window_and_prefill_grouping_do_not_change_the_tokens(config):
+    m = tiny(["rope_2d", "alibi_2d", "edges_2d"], seed=4)
+    seqs = ragged_prompts("row_major", True, n=6, seed=4)
+    assert_same(engine(m, seqs, "row_major", True, config=config, max_side=6), reference(m, seqs, "row_major", True, max_side=6))
+
+
+@pytest.mark.parametrize("unroll", [1, 3, 4])
+def test_calls_that_run_past_the_largest_grid_change_nothing(unroll):
+    """Every row announces the largest grid (max_side x max_side), so the last call of ``unroll``
+    steps runs past the end of every grid and of the token buffer's grid part."""
+    m = tiny("rope_1d", seed=5, shape_bias={HEIGHT_0 + 5: 100.0, WIDTH_0 + 5: 100.0})
+    seqs = ragged_prompts("row_major", True, n=3, seed=5)
+    got = engine(m, seqs, "row_major", True, config=EngineConfig(compile="never", unroll=unroll, window=8), max_side=5)
+    assert all(d.grid is not None and d.grid.shape == (5, 5) for d in got)
+    assert_same(got, reference(m, seqs, "row_major", True, max_side=5))
+
+
+def test_prefill_groups_bound_the_padding():
+    assert engine_module._prefill_groups([10, 11, 12, 30, 31, 100], 0.25) == [(0, 3), (3, 5), (5, 6)]
+    assert engine_module._prefill_groups([5, 5, 6], 0.0) == [(0, 2), (2, 3)]
+    assert engine_module._prefill_groups([5, 9], 10.0) == [(0, 2)]
+    for lengths in ([3, 8, 8, 20, 21, 22, 90], [1], [4, 4, 4]):
+        groups = engine_module._prefill_groups(lengths, 0.25)
+        assert [i for a, b in groups for i in range(a, b)] == list(range(len(lengths)))
+        assert all((b - a) * lengths[b - 1] <= 1.25 * sum(lengths[a:b]) for a, b in groups)
 
 
 @pytest.mark.parametrize("order,row_end", ORDER_CASES, ids=ORDER_IDS)
@@ -232,12 +262,12 @@ class Spy:
     def __init__(self, error: Exception | None = None) -> None:
         self.calls, self.error = 0, error
 
-    def __call__(self, mode):
+    def __call__(self, mode, k=1):
         def step(*args):
             if self.error is not None:
                 raise self.error
-            self.calls += 1
-            return engine_module._step(*args)
+            self.calls += k
+            return engine_module._steps(k, *args)
 
         return step
 
@@ -249,11 +279,11 @@ def test_auto_compiles_after_the_eager_budget_and_gives_the_same_tokens(monkeypa
     seqs = ragged_prompts("row_major", False)
     eng = DecodeEngine(EngineConfig(compile="auto", compile_after=10))
     got = eng.generate(m, *_batch(seqs), "row_major", max_side=6)
-    assert eng.eager_steps == 10 and spy.calls > 0  # switched mid-decode
+    assert eng.eager_steps == 12 and spy.calls > 0  # switched mid-decode, after three calls of unroll=4 steps
     assert_same(got, reference(m, seqs, "row_major", max_side=6))
     never = DecodeEngine(EngineConfig(compile="never"))
     never.generate(m, *_batch(seqs), "row_major", max_side=6)
-    assert never.eager_steps == 10 + spy.calls  # every step after the first 10 ran "compiled"
+    assert never.eager_steps == 12 + spy.calls  # every step after the first 12 ran "compiled"
 
 
 def _batch(seqs):

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import lru_cache, partial
 from typing import Callable, Literal, Sequence
 
 import numpy as np
@@ -56,19 +56,35 @@ class EngineConfig:
     max_rows: int = 64  # prompts decoded together at most
     max_cache_tokens: int = 1 << 16  # rows x cache slots at most per batch (~0.5 GB at the quickstart size)
     compact_below: float = 0.5  # drop finished rows once fewer than this share of the batch is live (0: never)
+    unroll: int = 4  # decoding steps per call of the compiled function (amortizes its per-call overhead)
+    window: int = 128  # a step attends to the cache slots in use, rounded up to this many (0: all slots; CUDA graphs: all)
+    prefill_waste: float = 0.25  # prompts prefill together while padding adds at most this share of their tokens
+    length_spread: float = 0.5  # a prompt joins a decode batch if at most this share (or 256 tokens) longer than its shortest
 
     def __post_init__(self) -> None:
         if self.compile not in COMPILE_MODES:
             raise ValueError(f"decode compile must be one of {COMPILE_MODES}, got {self.compile!r}")
-        for name in ("compile_after", "max_rows", "max_cache_tokens"):
+        if self.window < 0 or self.prefill_waste < 0 or self.length_spread < 0:
+            raise ValueError(f"EngineConfig.window, prefill_waste and length_spread must be >= 0, got {self.window}, {self.prefill_waste}, {self.length_spread}")
+        for name in ("compile_after", "max_rows", "max_cache_tokens", "unroll"):
             if getattr(self, name) < (0 if name == "compile_after" else 1):
                 raise ValueError(f"EngineConfig.{name} must be >= {0 if name == 'compile_after' else 1}, got {getattr(self, name)}")
         if not 0.0 <= self.compact_below <= 1.0:
             raise ValueError(f"EngineConfig.compact_below must be in [0, 1], got {self.compact_below}")
 
 
+def _steps(k: int, model: Transformer, cache: StaticKVCache, s: State, rows: Rows, plan: Tensor, row_end: bool,
+           max_side: int, max_len: int, has_shape: bool) -> State:
+    """``k`` decoding steps: the function compiled. A step past a row's end feeds it ``PAD`` and
+    changes none of its results, so the engine may overshoot the last step by up to ``k - 1``."""
+    for _ in range(k):
+        cache.slots = s.pos.clamp(max=cache.k[0].size(2) - 1)  # the cache window's last slot
+        s = _step(model, cache, s, rows, plan, row_end, max_side, max_len, has_shape)
+    return s
+
+
 def _step(model: Transformer, cache: StaticKVCache, s: State, rows: Rows, plan: Tensor, row_end: bool, max_side: int, max_len: int, has_shape: bool) -> State:
-    """Feed every row's last token (at its slot) and choose the next: the function compiled."""
+    """Feed every row's last token (at its slot) and choose the next."""
     fed = Positions(
         s.pos[:, None], s.row[:, None], s.col[:, None], s.grid[:, None],
         s.height[:, None] if has_shape else None, s.width[:, None] if has_shape else None,
@@ -77,14 +93,17 @@ def _step(model: Transformer, cache: StaticKVCache, s: State, rows: Rows, plan: 
     return choose(logits, s, rows, plan, row_end, max_side, max_len)
 
 
-@lru_cache(maxsize=4)
-def compiled_step(mode: str | None) -> Callable:
-    """``_step`` under ``torch.compile`` (inductor; ``mode`` "reduce-overhead" for CUDA graphs).
-    ``dynamic=True``: the batch and cache dimensions are symbolic, so new prompt lengths, batch
-    sizes and compaction reuse one compiled graph instead of recompiling; ``fullgraph=True``: a
-    model the compiler cannot capture whole (a Python stand-in) fails here and runs eagerly.
-    Dynamo keeps the compiled code per function, so later decodes of the process reuse it."""
-    return torch.compile(_step, mode=mode, dynamic=True, fullgraph=True)
+@lru_cache(maxsize=8)
+def compiled_step(mode: str | None, k: int = 1) -> Callable:
+    """``_steps(k, ...)`` under ``torch.compile`` (inductor; ``mode`` "reduce-overhead" for CUDA
+    graphs). ``dynamic=True``: the batch and cache dimensions are symbolic, so new prompt lengths,
+    batch sizes, cache windows and compaction reuse one compiled graph instead of recompiling;
+    ``fullgraph=True``: a model the compiler cannot capture whole (a Python stand-in) fails here
+    and runs eagerly. On CPU the generated wrapper is C++ (``cpp_wrapper``): at this model size
+    the Python that launches a step's ~40 kernels costs as much as the kernels. Dynamo keeps the
+    compiled code per function, so later decodes of the process reuse it."""
+    options = {"cpp_wrapper": True} if mode is None else None
+    return torch.compile(partial(_steps, k), mode=mode, dynamic=True, fullgraph=True, options=options)
 
 
 def compile_mode(device: torch.device) -> str | None:
@@ -108,20 +127,22 @@ class DecodeEngine:
         return self.config.compile == "always" or self.eager_steps >= self.config.compile_after
 
     def step(self, *args) -> State:
+        """``config.unroll`` decoding steps, compiled or eager."""
+        k = self.config.unroll
         if self.compiling():
             mode = compile_mode(args[2].tok.device)
             try:
                 if mode != "reduce-overhead":
-                    return compiled_step(mode)(*args)
+                    return compiled_step(mode, k)(*args)
                 # CUDA graphs replay into the same output buffers: copy the state out before the next step
                 torch.compiler.cudagraph_mark_step_begin()
-                return State(*(x.clone() for x in compiled_step(mode)(*args)))
+                return State(*(x.clone() for x in compiled_step(mode, k)(*args)))
             except Exception as err:  # noqa: BLE001 -- whatever the compiler raised: decode eagerly
                 first = str(err).strip().splitlines()[0][:200] if str(err).strip() else ""
                 self.failure = f"{type(err).__name__}: {first}"
                 warnings.warn(f"decoding: torch.compile failed ({self.failure}); decoding eagerly", RuntimeWarning, stacklevel=2)
-        self.eager_steps += 1
-        return _step(*args)
+        self.eager_steps += k
+        return _steps(k, *args)
 
     @torch.no_grad()
     def generate(
@@ -182,20 +203,33 @@ class DecodeEngine:
         plan = plan_table(order, row_end, max_side, device)
         has_shape = positions.height is not None and positions.width is not None
         cache = model.new_static_cache(B, L)
-        logits = model(tokens, positions, cache)[ar, last]  # (B, V) the prefill, right-padded
-        s = choose(logits, initial_state(rows, n_out), rows, plan, row_end, max_side, max_len)  # token 0: HEIGHT
+        logits = torch.cat([  # (B, V) the prefill: rows of similar length together, right-padded
+            model(tokens[a:b, :max(lengths[a:b])], positions.map(lambda x: x[a:b, :max(lengths[a:b])]), cache.view(slice(a, b)))[ar[: b - a], last[a:b]]
+            for a, b in _prefill_groups(lengths, self.config.prefill_waste)
+        ])
+        # room for the k - 1 steps a call may run past the longest grid (they write PAD)
+        s = choose(logits, initial_state(rows, n_out + self.config.unroll - 1), rows, plan, row_end, max_side, max_len)  # token 0: HEIGHT
         _pin(cache, s, self.config)
         room = max_len - torch.tensor(lengths)  # host copies: the loop never waits for the device
         prompt = torch.tensor(lengths)
         stop: Tensor | None = None  # per row: tokens it emits in all, known once the shape is chosen
         keep = torch.arange(B)  # batch row -> chunk row (compaction drops rows)
         done: dict[int, tuple] = {}
+        bucket = 0 if device.type == "cuda" and self.compiling() else self.config.window  # CUDA graphs want fixed shapes
+        win: StaticKVCache | None = None
+        k = self.config.unroll
         t = 0  # index in the grid of the token chosen last
         while bool(((room if stop is None else stop) > t + 1).any()):
-            cache.slots = s.pos.clamp(max=cache.max_len - 1)
-            s = self.step(model, cache, s, rows, plan, row_end, max_side, max_len, has_shape)
-            t += 1
-            if t == 1:  # both shape tokens chosen: every row's length is known (the one host sync)
+            # the slots the next k steps write: up to the longest live prompt + t + k, rounded up
+            live_prompt = prompt if stop is None else prompt[stop > t + 1]
+            n = cache.max_len if not bucket else min(cache.max_len, -(-(int(live_prompt.max()) + t + k) // bucket) * bucket)
+            if win is None or win.max_len != n:
+                win = cache.view(slice(None), n)
+            s = self.step(model, win, s, rows, plan, row_end, max_side, max_len, has_shape)
+            t += k
+            if stop is None:  # both shape tokens chosen: every row's length is known (the one host sync)
+                if t < 1:
+                    continue
                 stop = torch.minimum(tokens_total(s.h, s.w, row_end).cpu(), room).clamp(min=0)
             if stop is None or self.config.compact_below == 0:
                 continue
@@ -204,7 +238,7 @@ class DecodeEngine:
                 for b in (stop <= t + 1).nonzero()[:, 0].tolist():
                     done[int(keep[b])] = _harvest(s, b)
                 idx = live.to(device)
-                cache = cache.select(idx, min(cache.max_len, int((prompt[live] + stop[live]).max())))
+                cache, win = cache.select(idx, min(cache.max_len, int((prompt[live] + stop[live]).max()))), None
                 rows = Rows(*(x[idx] for x in rows))
                 s = State(s.t, *(x[idx] for x in s[1:]))
                 _pin(cache, s, self.config)
@@ -221,18 +255,34 @@ def generate(model: Transformer, tokens: Tensor, positions: Positions, lengths, 
 
 
 def _chunks(lengths: list[int], max_len: int, max_side: int, row_end: bool, config: EngineConfig) -> list[list[int]]:
-    """Rows sorted by prompt length (little padding), cut into batches of at most ``max_rows``
-    rows and ``max_cache_tokens`` cache slots."""
+    """Rows sorted by prompt length, cut into batches of at most ``max_rows`` rows and
+    ``max_cache_tokens`` cache slots, of prompts of similar length: a step reads every row's
+    keys up to the batch's longest prompt, and that memory traffic, not arithmetic, sets a
+    batched step's time."""
     order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
     budget = 2 + body_length(max_side, row_end)
     chunks: list[list[int]] = []
     for i in order:
         slots = min(max_len, lengths[i] + budget)
-        if chunks and len(chunks[-1]) < config.max_rows and (len(chunks[-1]) + 1) * slots <= config.max_cache_tokens:
+        shortest = lengths[chunks[-1][0]] if chunks else 0
+        similar = lengths[i] - shortest <= max(256, config.length_spread * shortest)
+        if chunks and similar and len(chunks[-1]) < config.max_rows and (len(chunks[-1]) + 1) * slots <= config.max_cache_tokens:
             chunks[-1].append(i)
         else:
             chunks.append([i])
     return chunks
+
+
+def _prefill_groups(lengths: list[int], waste: float) -> list[tuple[int, int]]:
+    """``[a, b)`` ranges of rows (sorted by length) prefilled in one forward: a group grows while
+    right-padding to its longest prompt adds at most ``waste`` of its real tokens."""
+    groups: list[tuple[int, int]] = []
+    a = 0
+    for b in range(1, len(lengths) + 1):
+        if b == len(lengths) or (b + 1 - a) * lengths[b] > (1 + waste) * sum(lengths[a : b + 1]):
+            groups.append((a, b))
+            a = b
+    return groups
 
 
 def _pin(cache: StaticKVCache, s: State, config: EngineConfig) -> None:
