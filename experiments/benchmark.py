@@ -547,6 +547,11 @@ def bench_ragged(cfg: BenchConfig, model, compiled) -> dict:
         return run
 
     runs = interleaved({"batched": timed("batched", together), "single": timed("single", one_by_one)}, max(1, cfg.repeats // 2))
+    phases = {}  # where the time goes: prompt prefills (no faster batched: compute-bound) and decoding steps
+    for name, fn in (("batched", together), ("single", one_by_one)):
+        before = dict(compiled.time)
+        fn()
+        phases[name] = {k: compiled.time[k] - before[k] for k in before}
     t = time.perf_counter()
     reference = [d for r in rows for d in generate_grids(model, r[0], r[1], "row_major")]
     reference_rate = sum(d.n_tokens for d in reference) / (time.perf_counter() - t)
@@ -556,6 +561,9 @@ def bench_ragged(cfg: BenchConfig, model, compiled) -> dict:
         "decode_ragged_tokens_per_s_batched": statistics.median(runs["batched"]),
         "decode_ragged_vs_eager_one_at_a_time": statistics.median(runs["batched"]) / reference_rate,
         "decode_ragged_prompt_lengths": batch["lengths"].tolist(),
+        "decode_ragged_decode_phase_speedup": phases["single"]["decode_s"] / phases["batched"]["decode_s"],
+        "decode_ragged_prefill_share_single": phases["single"]["prefill_s"] / sum(phases["single"].values()),
+        "decode_ragged_speedup_bound": sum(phases["single"].values()) / phases["batched"]["prefill_s"],
         "decode_ragged_identical_tokens": [d.tokens for d in outs["batched"]] == [d.tokens for d in reference] == [d.tokens for d in outs["single"]],
     }
 
@@ -783,7 +791,12 @@ NOTES: dict = {  # the report's text: why a target can be missed and what would 
         "test input) whose prompts have different lengths and leave room for the output; the model's output bias forces "
         "ragged_side x ragged_side grids; the compiled engine decodes them in one call vs one call per prompt, interleaved "
         "(the engine is warmed up on both shapes first); `decode_ragged_vs_eager_one_at_a_time` compares the batched "
-        "engine with the eager reference decoding one prompt at a time; tokens compared.",
+        "engine with the eager reference decoding one prompt at a time; tokens compared. Where the time goes "
+        "(`DecodeEngine.time`): `decode_ragged_prefill_share_single` is the prompts' prefill share of the "
+        "one-at-a-time time, `decode_ragged_decode_phase_speedup` the decoding steps alone (batched vs one at a time), "
+        "and `decode_ragged_speedup_bound` = one-at-a-time time / batched prefill time, the most batching could give "
+        "here: a prefill of hundreds of tokens is compute-bound and runs no faster batched, and a decoding step "
+        "reads every row's own keys (~4 MB per row per step at ~1,000 prompt tokens), which batching does not share.",
         "compile_train_speedup": "compile_batches bucketed ARC-AGI-1 training batches (quickstart data settings, several "
         "lengths) through `AutoregressiveGridModel.token_losses`, backward and AdamW, with `compile=True` vs `False` "
         "(same initial weights); time of a pass over the batches, interleaved, after one untimed pass "

@@ -362,10 +362,11 @@ class Transformer(nn.Module):
 
     def input_blocks(self, q: Positions, k: Positions) -> Tensor | None:
         """``(B, 1, Tq, Tk)`` True where query and key are in the same *input* grid (even grid index),
-        the pairs ``input_attention: bidirectional`` opens above the causal diagonal; None when no
-        query is in an input grid (a decoding step of an output token)."""
+        the pairs ``input_attention: bidirectional`` opens above the causal diagonal; None for a
+        bidirectional model. No data-dependent branch (a compiled forward would break its graph
+        there): a chunk without input-grid queries gets an all-False block, which opens nothing."""
         q_in = (q.grid >= 0) & (q.grid % 2 == 0)  # (B, Tq)
-        if not self.cfg.causal or not bool(q_in.any()):
+        if not self.cfg.causal:
             return None
         return (q_in[:, :, None] & (q.grid[:, :, None] == k.grid[:, None, :]))[:, None]  # (B, 1, Tq, Tk)
 

@@ -67,3 +67,19 @@ def test_compiled_training_step_matches_eager_on_batches_of_two_lengths():
         compiled._compiled_forward = lambda *a: calls.append(1) or real(*a)
         compiled.token_losses(batches[0])
     assert calls == []
+
+
+@pytest.mark.parametrize("input_attention", ["causal", "bidirectional"])
+def test_the_training_forward_is_one_graph(input_attention):
+    """No graph break (a host sync or data-dependent branch) in the forward ``--model.compile``
+    compiles: dynamo traces it whole (``torch._dynamo.explain``, no inductor compilation)."""
+    dm = GridDataModule(source="synthetic", n_synthetic=4, synthetic_max_side=3, max_seq_len=256, batch_size=2, max_val_examples=2)
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    torch.manual_seed(0)
+    module = AutoregressiveGridModel(max_seq_len=256, d_model=16, n_layers=1, n_heads=2, input_attention=input_attention,
+                                     encoding=["rope_1d", "edges_2d"]).train()
+    from gridlm.modules.base_model import positions_of
+
+    explained = torch._dynamo.explain(module.model.forward)(batch["tokens"], positions_of(batch))
+    assert explained.graph_break_count == 0, explained.break_reasons

@@ -26,6 +26,7 @@ for token (``tests/test_engine.py``).
 
 from __future__ import annotations
 
+import time
 import warnings
 from dataclasses import dataclass
 from functools import lru_cache, partial
@@ -119,6 +120,9 @@ class DecodeEngine:
         self.config = config
         self.eager_steps = 0  # steps run by the eager step so far
         self.failure: str | None = None  # why compiling failed (then every step runs eagerly)
+        # wall time in prompt prefills and in decoding steps so far (on CUDA the split is approximate:
+        # a prefill's kernels may still run when its timer stops; their sum is exact)
+        self.time = {"prefill_s": 0.0, "decode_s": 0.0}
 
     def compiling(self) -> bool:
         """Whether the next step runs compiled."""
@@ -203,10 +207,13 @@ class DecodeEngine:
         plan = plan_table(order, row_end, max_side, device)
         has_shape = positions.height is not None and positions.width is not None
         cache = model.new_static_cache(B, L)
+        start = time.perf_counter()
         logits = torch.cat([  # (B, V) the prefill: rows of similar length together, right-padded
             model(tokens[a:b, :max(lengths[a:b])], positions.map(lambda x: x[a:b, :max(lengths[a:b])]), cache.view(slice(a, b)))[ar[: b - a], last[a:b]]
             for a, b in _prefill_groups(lengths, self.config.prefill_waste)
         ])
+        self.time["prefill_s"] += time.perf_counter() - start
+        start = time.perf_counter()
         # room for the k - 1 steps a call may run past the longest grid (they write PAD)
         s = choose(logits, initial_state(rows, n_out + self.config.unroll - 1), rows, plan, row_end, max_side, max_len)  # token 0: HEIGHT
         _pin(cache, s, self.config)
@@ -244,7 +251,8 @@ class DecodeEngine:
                 _pin(cache, s, self.config)
                 keep, stop, room, prompt = keep[live], stop[live], room[live], prompt[live]
         for b in range(len(keep)):
-            done[int(keep[b])] = _harvest(s, b)
+            done[int(keep[b])] = _harvest(s, b)  # reads the results back: on CUDA, the device is done
+        self.time["decode_s"] += time.perf_counter() - start
         return [_finish(*done[i], order) for i in range(B)]
 
 
