@@ -220,7 +220,7 @@ class WandbTracking(L.Callback):
     - summary metrics: max ``val/exact_match``, max ``val/cell_acc``, min ``val/loss``;
     - every ``images_every_n_val`` validations, ``val/grids``: input, target and greedy
       prediction of the first ``n_images`` validation pairs (always the same pairs) in the ARC
-      palette (``gridlm.experiments.show.grids_to_image``);
+      palette (``gridlm.datamodules.pictures.grids_to_image``);
     - at the end of fit, the best checkpoint (else the last) as a ``model`` artifact, online only.
 
     Any wandb error becomes one warning and the callback stops; training goes on.
@@ -292,7 +292,7 @@ class WandbTracking(L.Callback):
 
     @torch.no_grad()
     def _log_grids(self, trainer, pl_module) -> None:
-        from gridlm.experiments.show import grids_to_image
+        from gridlm.datamodules.pictures import grids_to_image
 
         if self._fixed_batch is None:  # the validation loader is deterministic: its first batch
             batch = next(iter(trainer.datamodule.val_dataloader()))

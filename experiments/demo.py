@@ -129,7 +129,7 @@ def validated_examples(val) -> int:
 def render_prediction(common: list[str], ckpt: str, run_dir: Path, extra: list[str], n_tasks: int = N_PREDICT_TASKS) -> tuple[Path, str]:
     """Predict the test inputs of the first ``n_tasks`` prediction tasks and draw the first one."""
     from gridlm.experiments.cli import cli_main
-    from gridlm.experiments.show import render_task
+    from gridlm.datamodules.pictures import render_task
 
     sub_path = run_dir / "demo_submission.json"
     pred = cli_main(["predict", *common, "--ckpt_path", ckpt, "--data.max_tasks", str(n_tasks), "--submission.out", str(sub_path), *extra])

@@ -130,12 +130,12 @@ def test_disabled_wandb_makes_tracking_a_no_op(tmp_path):
 
 
 def test_a_wandb_error_is_one_warning_and_training_goes_on(tmp_path, monkeypatch):
-    import gridlm.experiments.show
+    import gridlm.datamodules.pictures
 
     def broken(*args, **kwargs):
         raise RuntimeError("no pictures today")
 
-    monkeypatch.setattr(gridlm.experiments.show, "grids_to_image", broken)
+    monkeypatch.setattr(gridlm.datamodules.pictures, "grids_to_image", broken)
     flags = {"--wandb_mode": "offline", "--trainer.val_check_interval": "1"}
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
