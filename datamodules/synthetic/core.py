@@ -197,6 +197,17 @@ def place(rng: np.random.Generator, h: int, w: int, boxes: list[tuple[int, int]]
     return corners
 
 
+def place_boxes(rng: np.random.Generator, h: int, w: int, boxes: list[tuple[int, int]]) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
+    """``(kept, corners)``: :func:`place` for ``boxes``, dropping boxes from the end until the rest
+    fit without touching in an ``h`` x ``w`` grid; ``corners`` is empty when even one does not."""
+    kept = list(boxes)
+    corners = place(rng, h, w, kept)
+    while corners is None and len(kept) > 1:
+        kept.pop()
+        corners = place(rng, h, w, kept)
+    return kept, corners or []
+
+
 def paint(grid: np.ndarray, mask: np.ndarray, corner: tuple[int, int], colour: int) -> None:
     """Colour the True cells of ``mask`` with its top-left at ``corner`` (in place)."""
     r, c = corner

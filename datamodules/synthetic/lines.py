@@ -17,6 +17,7 @@ from gridlm.datamodules.synthetic.core import (
     noise,
     paint,
     place,
+    place_boxes,
     polyomino,
     side,
     style,
@@ -235,12 +236,9 @@ def _denoise_plan(rng: np.random.Generator, d: Difficulty, p: Params) -> PairPla
 def _denoise_input(rng: np.random.Generator, plan: PairPlan, p: Params) -> np.ndarray:
     """Solid rectangles (2x2 or larger, one colour each) sprinkled with cells of the noise colour."""
     boxes = [(int(rng.integers(2, min(plan.h, 5) + 1)), int(rng.integers(2, min(plan.w, 5) + 1))) for _ in range(plan.extra)]
-    corners = place(rng, plan.h, plan.w, boxes)
-    while corners is None and len(boxes) > 1:
-        boxes.pop()
-        corners = place(rng, plan.h, plan.w, boxes)
+    boxes, corners = place_boxes(rng, plan.h, plan.w, boxes)
     x = np.zeros((plan.h, plan.w), dtype=np.int64)
-    for (bh, bw), (r, c), colour in zip(boxes, corners or [], colours(rng, len(boxes), exclude=(p["noise"],))):
+    for (bh, bw), (r, c), colour in zip(boxes, corners, colours(rng, len(boxes), exclude=(p["noise"],))):
         x[r : r + bh, c : c + bw] = colour
     dots = rng.random(x.shape) < p["rate"]
     dots.flat[int(rng.integers(x.size))] = True

@@ -20,6 +20,7 @@ from gridlm.datamodules.synthetic.core import (
     objects,
     paint,
     place,
+    place_boxes,
     polyomino,
     shape_key,
     side,
@@ -230,12 +231,8 @@ def _rect_plan(rng: np.random.Generator, d: Difficulty, p: Params) -> PairPlan:
 def _rect_input(rng: np.random.Generator, plan: PairPlan, p: Params) -> np.ndarray:
     """Solid rectangles of at least 3x3 cells (so that they have an inside), one colour each."""
     boxes = [(int(rng.integers(3, min(plan.h, 6) + 1)), int(rng.integers(3, min(plan.w, 6) + 1))) for _ in range(plan.extra)]
-    corners = place(rng, plan.h, plan.w, boxes)
-    while corners is None and len(boxes) > 1:
-        boxes.pop()
-        corners = place(rng, plan.h, plan.w, boxes)
     x = np.zeros((plan.h, plan.w), dtype=np.int64)
-    for (bh, bw), (r, c) in zip(boxes, corners or []):
+    for (bh, bw), (r, c) in zip(*place_boxes(rng, plan.h, plan.w, boxes)):
         x[r : r + bh, c : c + bw] = rng.choice(p["palette"])
     return x
 
@@ -267,12 +264,9 @@ def _halo_params(rng: np.random.Generator, d: Difficulty) -> Params:
 
 def _halo_input(rng: np.random.Generator, plan: PairPlan, p: Params) -> np.ndarray:
     masks = [polyomino(rng, int(rng.integers(1, 6)), 3, 3) for _ in range(plan.extra)]
-    corners = place(rng, plan.h, plan.w, [m.shape for m in masks])
-    while corners is None and len(masks) > 1:
-        masks.pop()
-        corners = place(rng, plan.h, plan.w, [m.shape for m in masks])
+    shapes, corners = place_boxes(rng, plan.h, plan.w, [m.shape for m in masks])
     x = np.zeros((plan.h, plan.w), dtype=np.int64)
-    for m, corner in zip(masks, corners or []):
+    for m, corner in zip(masks[: len(shapes)], corners):
         paint(x, m, corner, int(rng.choice(p["palette"])))
     return x
 
