@@ -27,7 +27,7 @@ from gridlm.datamodules.serialize import deserialize, serialize_example
 from gridlm.datamodules.tasks import Pair
 from gridlm.datamodules.tokens import OUTPUT, PAD
 from gridlm.modules.encodings import Positions
-from gridlm.modules.transformer import Transformer, TransformerConfig
+from gridlm.modules.transformer import StaticKVCache, Transformer, TransformerConfig
 
 Rule = Callable[[np.ndarray], "np.ndarray | None"]  # query input -> answer (None: no preference)
 
@@ -74,12 +74,18 @@ class Teacher:
         block = self.answer_block(tuple(prefix[: outs[-1] + 1])) if outs else None
         return block is not None and len(prefix) - outs[-1] >= len(block)
 
-    def _batch_rows(self, tokens: Tensor) -> list[int]:
-        """Batch index -> row. A prompt forward (several tokens) starts rows 0..B-1; a one-token
-        step with fewer rows than before follows a compaction, which keeps the unfinished rows
-        in their order (the engine drops finished rows mid-decode)."""
+    def _batch_rows(self, tokens: Tensor, first_row: int = 0) -> list[int]:
+        """Batch index -> row. A prompt forward (several tokens) is rows ``first_row..`` of the
+        decode batch (the engine prefills a batch's rows in groups of similar length, each into
+        its rows of the cache; 0 starts a new batch); a one-token step with fewer rows than
+        before follows a compaction, which keeps the unfinished rows in their order (the engine
+        drops finished rows mid-decode)."""
         B, T = tokens.shape
-        if T > 1 or not getattr(self, "_rows", None):
+        if T > 1:
+            self._rows = getattr(self, "_rows", [])[:first_row] if first_row else []
+            self._rows += list(range(first_row, first_row + B))
+            return self._rows[first_row:]
+        if not getattr(self, "_rows", None):
             self._rows = list(range(B))
         elif B < len(self._rows):
             live = [r for r in self._rows if not self._finished(r)]
@@ -88,13 +94,14 @@ class Teacher:
             self._rows = live
         return self._rows
 
-    def logits(self, tokens: Tensor, positions: Positions, like: Tensor) -> Tensor:
-        """Record the fed tokens, then ``(B, T, V)`` logits: ``margin`` on the preferred token."""
+    def logits(self, tokens: Tensor, positions: Positions, like: Tensor, cache=None) -> Tensor:
+        """Record the fed tokens, then ``(B, T, V)`` logits: ``margin`` on the preferred token.
+        ``cache``: the decoder's cache, whose rows a prefill writes (see :func:`first_cache_row`)."""
         out = torch.zeros_like(like)
         p = positions
         fields = [None if f is None else f.tolist() for f in (tokens, p.row, p.col, p.grid, p.height, p.width)]  # each (B, T)
         pos = positions.pos.tolist()
-        rows = self._batch_rows(tokens)
+        rows = self._batch_rows(tokens, first_cache_row(cache))
         self._last = getattr(self, "_last", {})
         for b in range(tokens.shape[0]):
             self._last[rows[b]] = max(pos[b])  # the newest token fed (after a prompt forward: its padding too)
@@ -113,6 +120,15 @@ class Teacher:
         return out
 
 
+def first_cache_row(cache) -> int:
+    """The batch row at which a static KV cache (or a view of some of its rows) starts: the
+    engine prefills rows ``[a, b)`` of a batch through a view of those rows of the cache."""
+    if not isinstance(cache, StaticKVCache):
+        return 0
+    k = cache.k[0]
+    return k.storage_offset() // k.stride(0)
+
+
 class TeacherTransformer(Transformer):
     """A real tiny Transformer whose logits are the teacher's."""
 
@@ -123,7 +139,7 @@ class TeacherTransformer(Transformer):
 
     def forward(self, tokens, positions, cache=None, key_padding_mask=None):
         real = super().forward(tokens, positions, cache, key_padding_mask)
-        return self.teacher.logits(tokens, positions, real)
+        return self.teacher.logits(tokens, positions, real, cache)
 
 
 def install_teacher(monkeypatch: pytest.MonkeyPatch, teacher: Teacher) -> None:
@@ -131,7 +147,7 @@ def install_teacher(monkeypatch: pytest.MonkeyPatch, teacher: Teacher) -> None:
     real = Transformer.forward
 
     def forward(self, tokens, positions, cache=None, key_padding_mask=None):
-        return teacher.logits(tokens, positions, real(self, tokens, positions, cache, key_padding_mask))
+        return teacher.logits(tokens, positions, real(self, tokens, positions, cache, key_padding_mask), cache)
 
     monkeypatch.setattr(Transformer, "forward", forward)
 
