@@ -13,8 +13,15 @@ layer's weights just before it runs. ``gridlm fit --trainer.strategy fsdp`` uses
   replicated (``NO_SHARD``), because the refiner reads the head's weights outside the forward
   pass. Lightning would wrap the whole LightningModule and run ``training_step`` inside the
   wrapper's forward, where the base model's manual (micro-batched) backward fails an FSDP state
-  check. Calls of ``Transformer.hidden`` (the refiner) are routed through the root's forward,
-  which gathers and synchronises like a forward call. Small trainable modules beside the
+  check. Calls of ``Transformer.hidden`` and ``Transformer.embedding_logits`` (the refiner) are
+  routed through the root's forward, which gathers and synchronises like a forward call. Every
+  weight of a root must be read inside such a call: FSDP (``use_orig_params``) computes in
+  forward with views of the unit's flat parameter, but outside a forward the module holds the
+  original ``Parameter``; the gradient of a read there lands on that parameter, outside the flat
+  gradient FSDP averages, and is overwritten when FSDP sets the averaged gradient's views. (With
+  one refinement pass it was written back in time by accident of the backward's order; with
+  several, every pass's readout gradient of the embeddings was lost: losses ~0.2 % off DDP's
+  after 6 steps.) Small trainable modules beside the
   transformers (the refiner's ``latent_in`` and ``halt_head``) are replicated roots of their own;
   a trainable parameter of the LightningModule itself would not be synchronised: refused at setup.
 - **evaluation on a full copy**: greedy decoding runs a different number of forward passes on
@@ -48,12 +55,13 @@ import torch
 from lightning.pytorch.plugins.precision import FSDPPrecision
 from lightning.pytorch.strategies import FSDPStrategy
 from lightning.pytorch.strategies.strategy import _ForwardRedirection
-from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 
 from gridlm.modules.transformer import Block, Transformer
 
 ShardingName = Literal["FULL_SHARD", "SHARD_GRAD_OP", "NO_SHARD"]
+# Transformer methods other modules call, run inside the FSDP root's forward (module docstring)
+ROUTED_METHODS = ("hidden", "embedding_logits")
 
 
 class GridFSDPPrecision(FSDPPrecision):
@@ -141,9 +149,10 @@ class GridFSDPStrategy(FSDPStrategy):
             for i, block in enumerate(module.blocks):
                 module.blocks[i] = FSDP(block, sharding_strategy=self.sharding_strategy, **common)
             root = FSDP(module, sharding_strategy=ShardingStrategy.NO_SHARD, **common)
-            # Transformer.hidden (the refiner's entry point) through the wrapper's forward
+            # the refiner's calls (Transformer.hidden, .embedding_logits) through the wrapper's forward
             redirect = _ForwardRedirection()
-            object.__setattr__(root, "hidden", lambda *a, _r=root, **k: redirect(_r, _r.module, "hidden", *a, **k))
+            for method in ROUTED_METHODS:
+                object.__setattr__(root, method, lambda *a, _r=root, _m=method, **k: redirect(_r, _r.module, _m, *a, **k))
             _set_submodule(model, name, root)
             _setup_activation_checkpointing(root, self._activation_checkpointing_kwargs)
             self._roots.append((name, root))
@@ -165,12 +174,6 @@ class GridFSDPStrategy(FSDPStrategy):
             _set_submodule(model, name, root)
             self._roots.append((name, root))
             self._templates[name] = template
-        if int(getattr(model, "train_passes", 1) or 1) > 1:
-            rank_zero_warn(
-                f"GridFSDPStrategy: model.train_passes {model.train_passes} runs the transformer several times per "
-                "step; under FSDP this trains slightly differently from DDP (train/loss ~0.2 % apart after 6 steps, "
-                "cause not yet found; docs/scaling.md). Use --trainer.strategy ddp where the model fits one device"
-            )
         _move_torchmetrics_to_device(model, self.root_device)
         self.precision_plugin.roots = [r for _, r in self._roots]
         return model

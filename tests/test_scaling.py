@@ -20,8 +20,8 @@ test asserts on the runs it names.
   the final ``val/loss`` agrees within 1 % (measured: < 0.1 %), as in ``test_ddp.py``.
 - FSDP on CPU (gloo): trains exactly like DDP (same losses and validation; every rank decodes a
   different number of examples); full checkpoints validate and predict in one process, sharded
-  ones under FSDP, and in one process after ``consolidate_checkpoint``; the refiner trains under
-  FSDP as under DDP.
+  ones under FSDP, and in one process after ``consolidate_checkpoint``; the refiner (3 passes
+  per step) trains under FSDP as under DDP.
 - one-line errors: too many devices, a global batch that does not divide, an unreachable master,
   a sharded checkpoint without FSDP.
 """
@@ -372,11 +372,10 @@ def slurm_job(root: Path) -> Launch:
 
 
 def refiner(root: Path, base: Path, strategy: str) -> Launch:
-    """One refinement pass per step: with ``train_passes`` > 1 FSDP and DDP differ after the first
-    step (~0.2 % in train/loss by step 6; GridFSDPStrategy warns; cause not yet found). With one
-    pass ``latent_in`` is unused, which DDP must be told (``ddp_find_unused_parameters_true``)."""
-    args = flags(root, **{"--trainer.limit_val_batches": "0", "--model.draft_ratio": "0.0", "--model.base_checkpoint": str(base),
-                          "--model.train_passes": "1"})  # fmt: skip
+    """The refiner as configs/refiner.yaml trains it: 3 passes per step, a loss at each, the
+    latent carried detached (its canvas readout reads the embeddings, which FSDP only averages
+    when the read runs inside the root's forward: ``Transformer.embedding_logits``)."""
+    args = flags(root, **{"--trainer.limit_val_batches": "0", "--model.draft_ratio": "0.0", "--model.base_checkpoint": str(base)})  # fmt: skip
     args[args.index("--config") + 1] = str(CONFIGS / "refiner.yaml")
     i = args.index("--model.n_generate")
     del args[i : i + 2]  # a base-model option
@@ -430,7 +429,7 @@ def second(first, tmp_path_factory) -> dict:
     launches = {
         "one_to_two": Launch(gridlm("fit", *flags(root / "two"), "--config", "scale/ddp", "--trainer.devices", "2",
                                     "--ckpt_path", str(one / "checkpoints" / "step=3.ckpt")), root / "two"),
-        "refiner_ddp": refiner(root / "refiner_ddp", ddp / "checkpoints" / "last.ckpt", "ddp_find_unused_parameters_true"),
+        "refiner_ddp": refiner(root / "refiner_ddp", ddp / "checkpoints" / "last.ckpt", "ddp"),
         "refiner_fsdp": refiner(root / "refiner_fsdp", ddp / "checkpoints" / "last.ckpt", "fsdp"),
         "sharded_validate": Launch(gridlm("validate", *flags(root / "v"), "--trainer.devices", "2", "--trainer.strategy", "fsdp",
                                           "--ckpt_path", str(sharded)), root / "v"),
