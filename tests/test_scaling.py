@@ -20,8 +20,8 @@ test asserts on the runs it names.
   the final ``val/loss`` agrees within 1 % (measured: < 0.1 %), as in ``test_ddp.py``.
 - FSDP on CPU (gloo): trains exactly like DDP (same losses and validation; every rank decodes a
   different number of examples); full checkpoints validate and predict in one process, sharded
-  ones under FSDP, and in one process after ``consolidate_checkpoint``; the refiner (3 passes
-  per step) trains under FSDP as under DDP.
+  ones validate and predict under FSDP, and in one process after ``consolidate_checkpoint``;
+  the refiner (3 passes per step) trains under FSDP as under DDP.
 - one-line errors: too many devices, a global batch that does not divide, an unreachable master,
   a sharded checkpoint without FSDP.
 """
@@ -387,12 +387,12 @@ def _validate(ckpt: Path, root: Path) -> dict[str, float]:
     return {k: float(v) for k, v in val.trainer.callback_metrics.items() if k.startswith("val/")}
 
 
-def _predict(ckpt: Path, root: Path) -> int:
-    """Tasks in the submission ``predict`` writes from ``ckpt`` in one process."""
+def _predict(ckpt: Path, root: Path) -> dict:
+    """The submission ``predict`` writes from ``ckpt`` in one process."""
     root.mkdir(parents=True, exist_ok=True)  # predict checks its --out folder before any work
     out = root / "sub.json"
     assert main(["predict", *tiny_flags(root), "--ckpt_path", str(ckpt), "--out", str(out)]) == 0
-    return len(json.loads(out.read_text()))
+    return json.loads(out.read_text())
 
 
 @pytest.fixture(scope="module")
@@ -420,8 +420,8 @@ def first(tmp_path_factory) -> dict:
 @pytest.fixture(scope="module")
 def second(first, tmp_path_factory) -> dict:
     """Runs that start from the first ones: resumes across world sizes, the refiner on the DDP
-    base model under DDP and under FSDP, the sharded checkpoint validated under FSDP and
-    consolidated into one file; meanwhile here: the 2-rank checkpoint resumed on one process,
+    base model under DDP and under FSDP, the sharded checkpoint validated and predicted under
+    FSDP and consolidated into one file; meanwhile here: the 2-rank checkpoint resumed on one process,
     the full FSDP checkpoint validated and predicted on one process."""
     root = tmp_path_factory.mktemp("second")
     ddp, sharded = log_dir(first["ddp"].root), log_dir(first["sharded"].root) / "checkpoints" / "last.ckpt"
@@ -433,6 +433,8 @@ def second(first, tmp_path_factory) -> dict:
         "refiner_fsdp": refiner(root / "refiner_fsdp", ddp / "checkpoints" / "last.ckpt", "fsdp"),
         "sharded_validate": Launch(gridlm("validate", *flags(root / "v"), "--trainer.devices", "2", "--trainer.strategy", "fsdp",
                                           "--ckpt_path", str(sharded)), root / "v"),
+        "sharded_predict": Launch(gridlm("predict", *tiny_flags(root / "p"), "--trainer.devices", "2", "--trainer.strategy", "fsdp",
+                                         "--ckpt_path", str(sharded), "--out", str(root / "p" / "sub.json")), root / "p"),
         "consolidate": Launch([sys.executable, "-m", "lightning.pytorch.utilities.consolidate_checkpoint", str(sharded)], root),
     }  # fmt: skip
     full = log_dir(first["fsdp"].root) / "checkpoints" / "last.ckpt"
@@ -507,7 +509,7 @@ def test_fsdp_trains_as_ddp_and_its_checkpoint_validates_and_predicts_on_one_pro
     one = got(second["full_validate"])  # one process, the whole validation set: the synced metrics
     assert one["val/loss"] == pytest.approx(m_fsdp["val/loss"][-1], abs=1e-5)
     assert one["val/cell_acc"] == pytest.approx(m_fsdp["val/cell_acc"][-1], abs=1e-6)
-    assert got(second["full_predict"]) == 12
+    assert len(got(second["full_predict"])) == 12
 
 
 @pytest.mark.slow
@@ -531,7 +533,26 @@ def test_fsdp_sharded_checkpoints_load_under_fsdp_and_after_consolidation(first,
     assert code == 2 and err[-1].startswith("gridlm: error: --ckpt_path") and "consolidate_checkpoint" in err[-1]
     merged = folder.with_name("last.ckpt.consolidated")
     assert _validate(merged, tmp_path / "m") == pytest.approx(full, abs=1e-6)
-    assert _predict(merged, tmp_path / "pred") == 12
+
+
+@pytest.mark.slow
+def test_predict_from_a_sharded_checkpoint_under_fsdp_and_after_consolidation(first, second, tmp_path, capsys):
+    """``gridlm predict --trainer.strategy fsdp`` on 2 ranks reads the shards and writes the same
+    submission as one process predicting from the consolidated file; one process given the
+    folder gets the one-line error."""
+    first["sharded"].ok(), second["consolidate"].ok()
+    folder = log_dir(first["sharded"].root) / "checkpoints" / "last.ckpt"
+    err = second["sharded_predict"].ok()
+    assert "Loaded model weights from the checkpoint at " + str(folder) in err
+    from_shards = json.loads((second["sharded_predict"].root / "sub.json").read_text())
+    assert len(from_shards) == 12 and from_shards == _predict(folder.with_name("last.ckpt.consolidated"), tmp_path / "pred")
+
+    (tmp_path / "w").mkdir()
+    line = _error(["predict", *tiny_flags(tmp_path / "w"), "--ckpt_path", str(folder), "--out", str(tmp_path / "w" / "sub.json")], capsys)
+    assert line == (f"gridlm: error: --ckpt_path {folder} is a sharded FSDP checkpoint (a folder of shards); load it with "
+                    f"--trainer.strategy fsdp, or make one file of it first: python -m lightning.pytorch.utilities."
+                    f"consolidate_checkpoint {folder} (writes {folder}.consolidated)")  # fmt: skip
+    assert not (tmp_path / "w" / "sub.json").exists()
 
 
 @pytest.mark.slow
