@@ -10,12 +10,20 @@ layer's weights just before it runs. ``gridlm fit --trainer.strategy fsdp`` uses
   inside the LightningModule (the base model's and the refiner's ``self.model``) is the FSDP root
   around its blocks; the root's own weights (embeddings, which the output head shares, final
   norm, position tables: small next to the blocks with a vocabulary of ~80 tokens) are
-  replicated (``NO_SHARD``), because the refiner reads the head's weights outside the forward
-  pass. Lightning would wrap the whole LightningModule and run ``training_step`` inside the
+  replicated (``NO_SHARD``): small, and used by several calls per step (the refiner's passes and
+  readouts). Lightning would wrap the whole LightningModule and run ``training_step`` inside the
   wrapper's forward, where the base model's manual (micro-batched) backward fails an FSDP state
-  check. Calls of ``Transformer.hidden`` (the refiner) are routed through the root's forward,
-  which gathers and synchronises like a forward call. Small trainable modules beside the
-  transformers (the refiner's ``latent_in`` and ``halt_head``) are replicated roots of their own;
+  check. Calls of ``Transformer.hidden`` and ``Transformer.embedding_logits`` (the refiner) are
+  routed through the root's forward, which gathers and synchronises like a forward call. Every
+  weight of a root must be read inside such a call: FSDP (``use_orig_params``) computes in
+  forward with views of the unit's flat parameter, but outside a forward the module holds the
+  original ``Parameter``; the gradient of a read there lands on that parameter, outside the flat
+  gradient FSDP averages, and is overwritten when FSDP sets the averaged gradient's views. (With
+  one refinement pass it was written back in time by accident of the backward's order; with
+  several, every pass's readout gradient of the embeddings was lost: losses ~0.2 % off DDP's
+  after 6 steps.) Such a read stops the first backward with an error naming the weight. Small
+  trainable modules beside the transformers (the refiner's ``latent_in`` and ``halt_head``) are
+  replicated roots of their own;
   a trainable parameter of the LightningModule itself would not be synchronised: refused at setup.
 - **evaluation on a full copy**: greedy decoding runs a different number of forward passes on
   each rank (one per generated token), and every sharded forward is a collective that all
@@ -40,6 +48,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import math
 import warnings
 from typing import Any, Iterator, Literal, Optional
@@ -48,12 +57,13 @@ import torch
 from lightning.pytorch.plugins.precision import FSDPPrecision
 from lightning.pytorch.strategies import FSDPStrategy
 from lightning.pytorch.strategies.strategy import _ForwardRedirection
-from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 
 from gridlm.modules.transformer import Block, Transformer
 
 ShardingName = Literal["FULL_SHARD", "SHARD_GRAD_OP", "NO_SHARD"]
+# Transformer methods other modules call, run inside the FSDP root's forward (module docstring)
+ROUTED_METHODS = ("hidden", "embedding_logits")
 
 
 class GridFSDPPrecision(FSDPPrecision):
@@ -108,6 +118,7 @@ class GridFSDPStrategy(FSDPStrategy):
         self._roots: list[tuple[str, nn.Module]] = []  # (attribute path in the LightningModule, FSDP root)
         self._templates: dict[str, nn.Module] = {}  # plain copies of the small non-transformer roots
         self._copies_in_use = False
+        self._watch_handles: list[Any] = []  # hooks of _watch_reads_outside_forward
 
     # ------------------------------------------------------------------ precision plugin
     @property
@@ -141,9 +152,10 @@ class GridFSDPStrategy(FSDPStrategy):
             for i, block in enumerate(module.blocks):
                 module.blocks[i] = FSDP(block, sharding_strategy=self.sharding_strategy, **common)
             root = FSDP(module, sharding_strategy=ShardingStrategy.NO_SHARD, **common)
-            # Transformer.hidden (the refiner's entry point) through the wrapper's forward
+            # the refiner's calls (Transformer.hidden, .embedding_logits) through the wrapper's forward
             redirect = _ForwardRedirection()
-            object.__setattr__(root, "hidden", lambda *a, _r=root, **k: redirect(_r, _r.module, "hidden", *a, **k))
+            for method in ROUTED_METHODS:
+                object.__setattr__(root, method, lambda *a, _r=root, _m=method, **k: redirect(_r, _r.module, _m, *a, **k))
             _set_submodule(model, name, root)
             _setup_activation_checkpointing(root, self._activation_checkpointing_kwargs)
             self._roots.append((name, root))
@@ -165,15 +177,25 @@ class GridFSDPStrategy(FSDPStrategy):
             _set_submodule(model, name, root)
             self._roots.append((name, root))
             self._templates[name] = template
-        if int(getattr(model, "train_passes", 1) or 1) > 1:
-            rank_zero_warn(
-                f"GridFSDPStrategy: model.train_passes {model.train_passes} runs the transformer several times per "
-                "step; under FSDP this trains slightly differently from DDP (train/loss ~0.2 % apart after 6 steps, "
-                "cause not yet found; docs/scaling.md). Use --trainer.strategy ddp where the model fits one device"
-            )
+        self._watch_reads_outside_forward()
         _move_torchmetrics_to_device(model, self.root_device)
         self.precision_plugin.roots = [r for _, r in self._roots]
         return model
+
+    def _watch_reads_outside_forward(self) -> None:
+        """Stop at the first gradient that reaches a weight by a read outside its FSDP root's
+        forward (module docstring: FSDP would drop it). Inside a forward FSDP computes with views
+        of the flat parameter, so autograd accumulates into an original parameter only then."""
+        for handle in self._watch_handles:
+            handle.remove()
+        self._watch_handles = []
+        if not self.kwargs.get("use_orig_params"):
+            return  # the parameters are FSDP's flat ones: nothing to tell apart
+        for name, root in self._roots:
+            for pname, p in root.named_parameters():
+                if p.requires_grad:
+                    full = ".".join(x for x in f"{name}.{pname}".split(".") if x not in _WRAPPER_NAMES)
+                    self._watch_handles.append(p.register_post_accumulate_grad_hook(functools.partial(_read_outside_forward, full)))
 
     # ------------------------------------------------------------------ evaluation on full copies
     def _use_full_copies(self) -> None:
@@ -216,6 +238,9 @@ class GridFSDPStrategy(FSDPStrategy):
 
     def teardown(self) -> None:
         self._use_shards()
+        for handle in self._watch_handles:
+            handle.remove()
+        self._watch_handles = []
         super().teardown()
 
     # ------------------------------------------------------------------ checkpoints
@@ -265,6 +290,17 @@ class GridFSDPStrategy(FSDPStrategy):
     def load_checkpoint(self, checkpoint_path: Any, weights_only: Optional[bool] = None) -> dict[str, Any]:
         self._use_shards()
         return super().load_checkpoint(checkpoint_path, weights_only=weights_only)
+
+
+_WRAPPER_NAMES = ("_fsdp_wrapped_module", "_checkpoint_wrapped_module")
+
+
+def _read_outside_forward(name: str, param: torch.Tensor) -> None:
+    raise RuntimeError(
+        f"GridFSDPStrategy: the weight {name} was used outside the forward of its FSDP unit, so FSDP would not average "
+        "its gradient over the devices (it would be dropped); compute with it inside a Transformer method that the "
+        "strategy routes through the unit's forward (ROUTED_METHODS in gridlm.experiments.fsdp, e.g. embedding_logits)"
+    )
 
 
 @contextlib.contextmanager

@@ -360,6 +360,13 @@ class Transformer(nn.Module):
             cache.advance(tokens.size(1), key_pos)
         return self.norm(x)
 
+    def embedding_logits(self, h: Tensor, ids: Tensor) -> Tensor:
+        """Scores ``(..., len(ids))`` of hidden states ``h`` ``(..., C)`` against the input
+        embeddings of tokens ``ids`` (the refiner's canvas readout). A method, not a read of
+        ``embed.weight`` by the caller, so that ``GridFSDPStrategy`` runs it inside the FSDP root's
+        forward: a replicated weight read outside it loses its gradient (experiments/fsdp.py)."""
+        return F.linear(h, self.embed.weight[ids])
+
     def input_blocks(self, q: Positions, k: Positions) -> Tensor | None:
         """``(B, 1, Tq, Tk)`` True where query and key are in the same *input* grid (even grid index),
         the pairs ``input_attention: bidirectional`` opens above the causal diagonal; None for a

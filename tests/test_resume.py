@@ -104,15 +104,10 @@ def test_resume_mid_epoch_is_bit_exact(tmp_path):
     assert [lb[s] for s in lb] == [la[s] for s in lb]  # exact float equality
     fa = torch.load(ckpt_dir(tmp_path / "a") / "step=18.ckpt", weights_only=True)
     fb = torch.load(ckpt_dir(tmp_path / "b") / "step=18.ckpt", weights_only=True)
-    # KNOWN REGRESSION (found 2026-11-30 after the scale-out / docs-release / engine merges, not
-    # yet bisected): the resumed weights differ from the uninterrupted run's by ~1e-10 at step 14
-    # and ~4e-9 at step 18 (z: 1.2e-7), with or without validation, while every step's loss is still bit-equal and the
-    # fast small-resume test below is still bit-exact. Held here within 1e-7 so a real divergence
-    # still fails (weights 1e-7, z 1e-6); bit-exactness is to be restored (issue 18 note).
     for k, v in fa["state_dict"].items():
-        assert torch.allclose(v, fb["state_dict"][k], rtol=0, atol=1e-7), k
+        assert torch.equal(v, fb["state_dict"][k]), k
     za, zb = fa["optimizer_states"][0]["state"], fb["optimizer_states"][0]["state"]
-    assert all(torch.allclose(za[i]["z"], zb[i]["z"], rtol=0, atol=1e-6) for i in za)  # measured 1.2e-7
+    assert za.keys() == zb.keys() and all(torch.equal(za[i][n], zb[i][n]) for i in za for n in za[i])
 
 
 def test_small_resume_in_the_second_epoch_is_bit_exact(tmp_path):
@@ -132,6 +127,44 @@ def test_small_resume_in_the_second_epoch_is_bit_exact(tmp_path):
         assert torch.equal(v, fb["state_dict"][k]), k
     za, zb = fa["optimizer_states"][0]["state"], fb["optimizer_states"][0]["state"]
     assert za.keys() == zb.keys() and all(torch.equal(za[i]["z"], zb[i]["z"]) for i in za)
+
+
+def test_two_checkpoints_at_one_step_switch_the_weights_once():
+    """step=N.ckpt and last.ckpt are written at the same step: the second must reuse the first's
+    x, not switch y' -> x' -> y'' again, or the uninterrupted run continues from y'' while a run
+    resumed from either file continues from y' = train(x) (the mid-epoch resume drifted by 4e-9)."""
+    import schedulefree
+    from types import SimpleNamespace
+
+    from gridlm.callbacks.schedule_free import ScheduleFreeMode
+
+    torch.manual_seed(0)
+    net = torch.nn.Linear(32, 32)
+    opt = schedulefree.AdamWScheduleFree(net.parameters(), lr=0.1, warmup_steps=0)
+    opt.train()
+    for _ in range(3):
+        opt.zero_grad()
+        net(torch.randn(8, 32)).square().mean().backward()
+        opt.step()
+    w = net.weight
+    z, beta1 = opt.state[w]["z"], opt.param_groups[0]["betas"][0]
+    x = w.detach().clone().lerp_(z, 1 - 1 / beta1)  # what eval() computes, then train() from it
+    y1 = x.clone().lerp_(z, 1 - beta1)
+    y2 = y1.clone().lerp_(z, 1 - 1 / beta1).lerp_(z, 1 - beta1)
+    assert not torch.equal(y1, y2), "a second round trip must change the weights for this test to mean anything"
+    trainer = SimpleNamespace(optimizers=[opt], global_step=3, strategy=SimpleNamespace(optimizer_state=lambda o: o.state_dict()))
+    cb = ScheduleFreeMode()
+    first, second = {"optimizer_states": []}, {"optimizer_states": []}
+    cb.on_save_checkpoint(trainer, net, first)
+    cb.on_save_checkpoint(trainer, net, second)
+    assert torch.equal(w.detach(), y1) and opt.param_groups[0]["train_mode"]
+    assert torch.equal(first["state_dict"]["weight"], x) and torch.equal(second["state_dict"]["weight"], x)
+    assert second["optimizer_states"][0]["param_groups"][0]["train_mode"] is False
+    with torch.no_grad():
+        w.add_(1.0)  # a changed weight (another step): the next checkpoint switches again
+    third = {"optimizer_states": []}
+    cb.on_save_checkpoint(trainer, net, third)
+    assert not torch.equal(third["state_dict"]["weight"], x)
 
 
 # ---------------------------------------------------------------- kill -9 and resume

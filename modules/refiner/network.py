@@ -191,7 +191,7 @@ class RefinementNetwork(DraftSources, L.LightningModule):
         real = torch.arange(T, device=inp["tokens"].device)[None, :] < inp["lengths"][:, None]  # (B, T)
         add = None if z is None else self.latent_in(z)
         h = self.model.hidden(inp["tokens"], Positions.from_batch(inp), key_padding_mask=real, input_add=add)  # (B, T, C)
-        logits = F.linear(h[inp["cells"]], self.model.embed.weight[self.canvas_ids])  # (N, 11)
+        logits = self.model.embedding_logits(h[inp["cells"]], self.canvas_ids)  # (N, 11)
         cells = inp["cells"][..., None].to(h.dtype)  # (B, T, 1)
         pooled = (h * cells).sum(1) / cells.sum(1).clamp(min=1)  # (B, C)
         return logits, self.halt_head(pooled).squeeze(-1), h
