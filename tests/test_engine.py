@@ -317,11 +317,16 @@ def test_a_failing_compiler_falls_back_to_the_eager_step_with_one_warning(monkey
 def test_compiled_step_equals_the_reference_on_a_ragged_batch():
     """The real torch.compile path (inductor, dynamic shapes): a ragged batch with row ends,
     2D RoPE, ALiBi-2D and edges_2d, compaction; a second batch of another size and length near the
-    sequence limit; then weights changed in place: all equal to the reference."""
+    sequence limit; then weights changed in place: all equal to the reference. One graph serves
+    them all: an 8-slot window (it moves every few calls), batches of 3 then 2 rows (3 is also
+    the grammar plan's last dimension, which duck sizing once tied the batch to)."""
+    engine_module.compiled_step.cache_clear()
+    torch._dynamo.reset()
+    graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
     torch.manual_seed(0)
     m = Transformer(TransformerConfig(max_seq_len=256, d_model=16, n_layers=1, n_heads=2, encoding=["rope_2d", "alibi_2d", "edges_2d"])).eval()
     seqs = ragged_prompts("snake", True, n=3, seed=7)
-    eng = DecodeEngine(EngineConfig(compile="always", compact_below=0.9))
+    eng = DecodeEngine(EngineConfig(compile="always", compact_below=0.9, window=8))
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)  # no fallback
         got = eng.generate(m, *_batch(seqs), "snake", True, max_side=5)
@@ -338,3 +343,5 @@ def test_compiled_step_equals_the_reference_on_a_ragged_batch():
         changed = eng.generate(m, *_batch(seqs), "snake", True, max_side=5)
         assert_same(changed, reference(m, seqs, "snake", True, max_side=5))
         assert [d.tokens for d in changed] != [d.tokens for d in got]
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] - graphs == 1  # no recompilation
+

@@ -205,6 +205,9 @@ class DecodeEngine:
         ar = torch.arange(B, device=device)
         rows = Rows(length, positions.grid[ar, last], max_len - length)
         plan = plan_table(order, row_end, max_side, device)
+        # its last dimension (3 fields) is a constant: left symbolic, duck sizing would tie it to a
+        # batch of 3 rows (then every other batch size recompiles)
+        torch._dynamo.mark_static(plan, 2)
         has_shape = positions.height is not None and positions.width is not None
         cache = model.new_static_cache(B, L)
         start = time.perf_counter()
