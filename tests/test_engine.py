@@ -345,3 +345,31 @@ def test_compiled_step_equals_the_reference_on_a_ragged_batch():
         assert [d.tokens for d in changed] != [d.tokens for d in got]
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] - graphs == 1  # no recompilation
 
+
+def test_cuda_graph_steps_write_only_static_buffers(monkeypatch):
+    """Under CUDA graphs (``reduce-overhead``) every buffer a step writes in place (the cache
+    window's keys, values and key positions, and the token buffer) must be marked a static
+    address: cudagraph trees skip CUDA graphs for a graph that mutates any other input
+    (``torch._inductor.cudagraph_utils.check_for_mutation``). The mode is faked on CPU (the
+    development machines have no GPU) and the compiled step is a spy that checks the marks."""
+    def marked(t):
+        return getattr(t, "_dynamo_static_input_type", None) is not None  # what mark_static_address sets
+
+    seen = []
+
+    def spy(mode, k=1):
+        def step(*args):
+            cache, s = args[1], args[2]
+            mutated = {"keys": cache.k, "values": cache.v, "key positions": cache.positions or (), "tokens": [s.out]}
+            seen.append(sorted(name for name, ts in mutated.items() if not all(marked(t) for t in ts)))  # unmarked
+            return engine_module._steps(k, *args)
+
+        return step
+
+    monkeypatch.setattr(engine_module, "compile_mode", lambda device: "reduce-overhead")
+    monkeypatch.setattr(engine_module, "compiled_step", spy)
+    m = tiny(["rope_2d", "alibi_2d"], seed=6, shape_bias={HEIGHT_0 + 4: 50.0, WIDTH_0 + 4: 50.0})
+    seqs = ragged_prompts("row_major", False, n=4, seed=6)
+    got = DecodeEngine(EngineConfig(compile="always", compact_below=0.9)).generate(m, *_batch(seqs), "row_major", max_side=5)
+    assert_same(got, reference(m, seqs, "row_major", max_side=5))
+    assert len(seen) > 2 and not any(seen), seen

@@ -138,9 +138,11 @@ class DecodeEngine:
             try:
                 if mode != "reduce-overhead":
                     return compiled_step(mode, k)(*args)
-                # CUDA graphs replay into the same output buffers: copy the state out before the next step
+                # CUDA graphs replay into the same output buffers: copy the state out before the next step,
+                # but the token buffer, written in place and static (a copy would be a new, unmarked input)
                 torch.compiler.cudagraph_mark_step_begin()
-                return State(*(x.clone() for x in compiled_step(mode, k)(*args)))
+                out = compiled_step(mode, k)(*args)
+                return State(*(x.clone() for x in out[:-1]), out.out)
             except Exception as err:  # noqa: BLE001 -- whatever the compiler raised: decode eagerly
                 first = str(err).strip().splitlines()[0][:200] if str(err).strip() else ""
                 self.failure = f"{type(err).__name__}: {first}"
@@ -225,7 +227,7 @@ class DecodeEngine:
         stop: Tensor | None = None  # per row: tokens it emits in all, known once the shape is chosen
         keep = torch.arange(B)  # batch row -> chunk row (compaction drops rows)
         done: dict[int, tuple] = {}
-        bucket = 0 if device.type == "cuda" and self.compiling() else self.config.window  # CUDA graphs want fixed shapes
+        bucket = 0 if compile_mode(device) == "reduce-overhead" and self.compiling() else self.config.window  # CUDA graphs want fixed shapes
         win: StaticKVCache | None = None
         k = self.config.unroll
         t = 0  # index in the grid of the token chosen last
@@ -235,6 +237,7 @@ class DecodeEngine:
             n = cache.max_len if not bucket else min(cache.max_len, -(-(int(live_prompt.max()) + t + k) // bucket) * bucket)
             if win is None or win.max_len != n:
                 win = cache.view(slice(None), n)
+                _pin(win, s, self.config)  # the views the step writes through, not only their base
             s = self.step(model, win, s, rows, plan, row_end, max_side, max_len, has_shape)
             t += k
             if stop is None:  # both shape tokens chosen: every row's length is known (the one host sync)
@@ -297,9 +300,10 @@ def _prefill_groups(lengths: list[int], waste: float) -> list[tuple[int, int]]:
 
 
 def _pin(cache: StaticKVCache, s: State, config: EngineConfig) -> None:
-    """CUDA graphs: the buffers a step writes in place stay at fixed addresses (static inputs)."""
-    if s.out.device.type == "cuda" and config.compile != "never":
-        for buf in (*cache.k, *cache.v, s.out):
+    """CUDA graphs: the buffers a step writes in place stay at fixed addresses (static inputs;
+    cudagraph trees skip CUDA graphs for a graph that writes any other input)."""
+    if compile_mode(s.out.device) == "reduce-overhead" and config.compile != "never":
+        for buf in (*cache.k, *cache.v, *(cache.positions or ()), s.out):
             torch._dynamo.mark_static_address(buf)
 
 
