@@ -373,3 +373,25 @@ def test_cuda_graph_steps_write_only_static_buffers(monkeypatch):
     got = DecodeEngine(EngineConfig(compile="always", compact_below=0.9)).generate(m, *_batch(seqs), "row_major", max_side=5)
     assert_same(got, reference(m, seqs, "row_major", max_side=5))
     assert len(seen) > 2 and not any(seen), seen
+
+
+def test_cuda_graphs_after_an_eager_start_see_one_cache_shape(monkeypatch):
+    """``compile="auto"`` switching to CUDA graphs mid-decode: from then on every call gets the
+    whole cache, not a moving window (CUDA graphs record one graph per shape). Mode faked, spy."""
+    sizes = []
+
+    def spy(mode, k=1):
+        def step(*args):
+            sizes.append(args[1].k[0].size(2))
+            return engine_module._steps(k, *args)
+
+        return step
+
+    monkeypatch.setattr(engine_module, "compile_mode", lambda device: "reduce-overhead")
+    monkeypatch.setattr(engine_module, "compiled_step", spy)
+    m = tiny("rope_1d", seed=6, shape_bias={HEIGHT_0 + 5: 50.0, WIDTH_0 + 5: 50.0})
+    seqs = ragged_prompts("row_major", False, n=3, seed=6)
+    eng = DecodeEngine(EngineConfig(compile="auto", compile_after=4, window=8, compact_below=0.0))
+    got = eng.generate(m, *_batch(seqs), "row_major", max_side=5)
+    assert_same(got, reference(m, seqs, "row_major", max_side=5))
+    assert eng.eager_steps == 4 and len(sizes) > 2 and len(set(sizes)) == 1, sizes

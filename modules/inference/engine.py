@@ -227,13 +227,14 @@ class DecodeEngine:
         stop: Tensor | None = None  # per row: tokens it emits in all, known once the shape is chosen
         keep = torch.arange(B)  # batch row -> chunk row (compaction drops rows)
         done: dict[int, tuple] = {}
-        bucket = 0 if compile_mode(device) == "reduce-overhead" and self.compiling() else self.config.window  # CUDA graphs want fixed shapes
         win: StaticKVCache | None = None
         k = self.config.unroll
         t = 0  # index in the grid of the token chosen last
         while bool(((room if stop is None else stop) > t + 1).any()):
             # the slots the next k steps write: up to the longest live prompt + t + k, rounded up
             live_prompt = prompt if stop is None else prompt[stop > t + 1]
+            # CUDA graphs want fixed shapes: all slots (decided per call: "auto" may start compiling mid-decode)
+            bucket = 0 if compile_mode(device) == "reduce-overhead" and self.compiling() else self.config.window
             n = cache.max_len if not bucket else min(cache.max_len, -(-(int(live_prompt.max()) + t + k) // bucket) * bucket)
             if win is None or win.max_len != n:
                 win = cache.view(slice(None), n)
