@@ -118,6 +118,21 @@ def test_prefill_groups_bound_the_padding():
         assert all((b - a) * lengths[b - 1] <= 1.25 * sum(lengths[a:b]) for a, b in groups)
 
 
+def test_decode_batches_hold_prompts_of_similar_length():
+    """Sorted by length; a prompt joins a batch while at most ``length_spread`` (or 256 tokens)
+    longer than its shortest, and ``max_rows`` / ``max_cache_tokens`` still cut."""
+    lengths = [1200, 150, 700, 100, 400, 1000, 120, 149]  # indices of 100, 120, 149, 150, 400, 700, 1000, 1200: 3, 6, 7, 1, 4, 2, 5, 0
+
+    def chunks(**kw):
+        return engine_module._chunks(lengths, 4096, 30, False, EngineConfig(**kw))
+
+    assert chunks() == [[3, 6, 7, 1], [4], [2, 5], [0]]  # 400 - 100 > 256; 1000 - 700 <= 0.5 * 700; 1200 - 700 > 350
+    assert chunks(length_spread=20.0) == [[3, 6, 7, 1, 4, 2, 5, 0]]
+    assert chunks(max_rows=3) == [[3, 6, 7], [1, 4], [2, 5], [0]]  # 400 - 150 <= 256
+    # a row's cache: its prompt + the largest grid's 903 tokens, times the rows of its batch
+    assert chunks(length_spread=20.0, max_cache_tokens=3 * (1000 + 903)) == [[3, 6, 7, 1], [4, 2, 5], [0]]
+
+
 @pytest.mark.parametrize("order,row_end", ORDER_CASES, ids=ORDER_IDS)
 def test_ragged_batch_equals_the_reference_for_every_order(order, row_end):
     m = tiny(["rope_2d", "alibi_2d", "edges_2d"], seed=1)
@@ -167,11 +182,13 @@ def test_every_row_decodes_with_its_own_positions_and_metadata(encoding):
         assert d.logprob == pytest.approx(teacher_forced_logprob(m, full), abs=1e-4)
 
 
-def test_rows_of_different_grid_sizes_compact_and_keep_their_order(monkeypatch):
+@pytest.mark.parametrize("window,unroll", [(128, 4), (1, 3)], ids=["defaults", "window-1-unroll-3"])
+def test_rows_of_different_grid_sizes_compact_and_keep_their_order(monkeypatch, window, unroll):
     """A model that always wants 2 x 30 gets the widest grid each row's room allows (2 x 13 for
     the longest prompt, one column more per 2 tokens shorter): rows finish at different steps and
     are dropped mid-decode (compaction), the rows are sorted into batches of at most 3, and every
-    result equals its own reference, in input order."""
+    result equals its own reference, in input order. The longest prompt finishes first, so with a
+    1-slot window rounding the window shrinks and finished rows write at its clamped last slot."""
     selects = []
     real = StaticKVCache.select
     monkeypatch.setattr(StaticKVCache, "select", lambda self, rows, n: selects.append((len(rows), n)) or real(self, rows, n))
@@ -180,7 +197,7 @@ def test_rows_of_different_grid_sizes_compact_and_keep_their_order(monkeypatch):
     seqs = [serialize_example(ctx, Pair(rng.integers(0, 10, (2, k)), None), prompt_only=True) for k in (3, 1, 6, 2, 5, 4)]
     wider = {WIDTH_0 + w: 5.0 * w for w in range(1, 31)}  # the wider the better
     m = tiny("rope_1d", max_seq_len=max(len(s) for s in seqs) + 30, shape_bias={HEIGHT_0 + 2: 50.0, **wider})
-    got = engine(m, seqs, "row_major", config=EngineConfig(compile="never", max_rows=3, compact_below=0.9))
+    got = engine(m, seqs, "row_major", config=EngineConfig(compile="never", max_rows=3, compact_below=0.9, window=window, unroll=unroll))
     assert_same(got, reference(m, seqs, "row_major"))
     assert len({d.grid.shape for d in got}) == 6 and selects  # six sizes, rows dropped
 
