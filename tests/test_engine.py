@@ -118,6 +118,21 @@ def test_prefill_groups_bound_the_padding():
         assert all((b - a) * lengths[b - 1] <= 1.25 * sum(lengths[a:b]) for a, b in groups)
 
 
+def test_decode_batches_hold_prompts_of_similar_length():
+    """Sorted by length; a prompt joins a batch while at most ``length_spread`` (or 256 tokens)
+    longer than its shortest, and ``max_rows`` / ``max_cache_tokens`` still cut."""
+    lengths = [1200, 150, 700, 100, 400, 1000, 120, 149]  # indices of 100, 120, 149, 150, 400, 700, 1000, 1200: 3, 6, 7, 1, 4, 2, 5, 0
+
+    def chunks(**kw):
+        return engine_module._chunks(lengths, 4096, 30, False, EngineConfig(**kw))
+
+    assert chunks() == [[3, 6, 7, 1], [4], [2, 5], [0]]  # 400 - 100 > 256; 1000 - 700 <= 0.5 * 700; 1200 - 700 > 350
+    assert chunks(length_spread=20.0) == [[3, 6, 7, 1, 4, 2, 5, 0]]
+    assert chunks(max_rows=3) == [[3, 6, 7], [1, 4], [2, 5], [0]]  # 400 - 150 <= 256
+    # a row's cache: its prompt + the largest grid's 903 tokens, times the rows of its batch
+    assert chunks(length_spread=20.0, max_cache_tokens=3 * (1000 + 903)) == [[3, 6, 7, 1], [4, 2, 5], [0]]
+
+
 @pytest.mark.parametrize("order,row_end", ORDER_CASES, ids=ORDER_IDS)
 def test_ragged_batch_equals_the_reference_for_every_order(order, row_end):
     m = tiny(["rope_2d", "alibi_2d", "edges_2d"], seed=1)
@@ -167,11 +182,13 @@ def test_every_row_decodes_with_its_own_positions_and_metadata(encoding):
         assert d.logprob == pytest.approx(teacher_forced_logprob(m, full), abs=1e-4)
 
 
-def test_rows_of_different_grid_sizes_compact_and_keep_their_order(monkeypatch):
+@pytest.mark.parametrize("window,unroll", [(128, 4), (1, 3)], ids=["defaults", "window-1-unroll-3"])
+def test_rows_of_different_grid_sizes_compact_and_keep_their_order(monkeypatch, window, unroll):
     """A model that always wants 2 x 30 gets the widest grid each row's room allows (2 x 13 for
     the longest prompt, one column more per 2 tokens shorter): rows finish at different steps and
     are dropped mid-decode (compaction), the rows are sorted into batches of at most 3, and every
-    result equals its own reference, in input order."""
+    result equals its own reference, in input order. The longest prompt finishes first, so with a
+    1-slot window rounding the window shrinks and finished rows write at its clamped last slot."""
     selects = []
     real = StaticKVCache.select
     monkeypatch.setattr(StaticKVCache, "select", lambda self, rows, n: selects.append((len(rows), n)) or real(self, rows, n))
@@ -180,7 +197,7 @@ def test_rows_of_different_grid_sizes_compact_and_keep_their_order(monkeypatch):
     seqs = [serialize_example(ctx, Pair(rng.integers(0, 10, (2, k)), None), prompt_only=True) for k in (3, 1, 6, 2, 5, 4)]
     wider = {WIDTH_0 + w: 5.0 * w for w in range(1, 31)}  # the wider the better
     m = tiny("rope_1d", max_seq_len=max(len(s) for s in seqs) + 30, shape_bias={HEIGHT_0 + 2: 50.0, **wider})
-    got = engine(m, seqs, "row_major", config=EngineConfig(compile="never", max_rows=3, compact_below=0.9))
+    got = engine(m, seqs, "row_major", config=EngineConfig(compile="never", max_rows=3, compact_below=0.9, window=window, unroll=unroll))
     assert_same(got, reference(m, seqs, "row_major"))
     assert len({d.grid.shape for d in got}) == 6 and selects  # six sizes, rows dropped
 
@@ -317,11 +334,16 @@ def test_a_failing_compiler_falls_back_to_the_eager_step_with_one_warning(monkey
 def test_compiled_step_equals_the_reference_on_a_ragged_batch():
     """The real torch.compile path (inductor, dynamic shapes): a ragged batch with row ends,
     2D RoPE, ALiBi-2D and edges_2d, compaction; a second batch of another size and length near the
-    sequence limit; then weights changed in place: all equal to the reference."""
+    sequence limit; then weights changed in place: all equal to the reference. One graph serves
+    them all: an 8-slot window (it moves every few calls), batches of 3 then 2 rows (3 is also
+    the grammar plan's last dimension, which duck sizing once tied the batch to)."""
+    engine_module.compiled_step.cache_clear()
+    torch._dynamo.reset()
+    graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
     torch.manual_seed(0)
     m = Transformer(TransformerConfig(max_seq_len=256, d_model=16, n_layers=1, n_heads=2, encoding=["rope_2d", "alibi_2d", "edges_2d"])).eval()
     seqs = ragged_prompts("snake", True, n=3, seed=7)
-    eng = DecodeEngine(EngineConfig(compile="always", compact_below=0.9))
+    eng = DecodeEngine(EngineConfig(compile="always", compact_below=0.9, window=8))
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)  # no fallback
         got = eng.generate(m, *_batch(seqs), "snake", True, max_side=5)
@@ -338,3 +360,55 @@ def test_compiled_step_equals_the_reference_on_a_ragged_batch():
         changed = eng.generate(m, *_batch(seqs), "snake", True, max_side=5)
         assert_same(changed, reference(m, seqs, "snake", True, max_side=5))
         assert [d.tokens for d in changed] != [d.tokens for d in got]
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] - graphs == 1  # no recompilation
+
+
+def test_cuda_graph_steps_write_only_static_buffers(monkeypatch):
+    """Under CUDA graphs (``reduce-overhead``) every buffer a step writes in place (the cache
+    window's keys, values and key positions, and the token buffer) must be marked a static
+    address: cudagraph trees skip CUDA graphs for a graph that mutates any other input
+    (``torch._inductor.cudagraph_utils.check_for_mutation``). The mode is faked on CPU (the
+    development machines have no GPU) and the compiled step is a spy that checks the marks."""
+    def marked(t):
+        return getattr(t, "_dynamo_static_input_type", None) is not None  # what mark_static_address sets
+
+    seen = []
+
+    def spy(mode, k=1):
+        def step(*args):
+            cache, s = args[1], args[2]
+            mutated = {"keys": cache.k, "values": cache.v, "key positions": cache.positions or (), "tokens": [s.out]}
+            seen.append(sorted(name for name, ts in mutated.items() if not all(marked(t) for t in ts)))  # unmarked
+            return engine_module._steps(k, *args)
+
+        return step
+
+    monkeypatch.setattr(engine_module, "compile_mode", lambda device: "reduce-overhead")
+    monkeypatch.setattr(engine_module, "compiled_step", spy)
+    m = tiny(["rope_2d", "alibi_2d"], seed=6, shape_bias={HEIGHT_0 + 4: 50.0, WIDTH_0 + 4: 50.0})
+    seqs = ragged_prompts("row_major", False, n=4, seed=6)
+    got = DecodeEngine(EngineConfig(compile="always", compact_below=0.9)).generate(m, *_batch(seqs), "row_major", max_side=5)
+    assert_same(got, reference(m, seqs, "row_major", max_side=5))
+    assert len(seen) > 2 and not any(seen), seen
+
+
+def test_cuda_graphs_after_an_eager_start_see_one_cache_shape(monkeypatch):
+    """``compile="auto"`` switching to CUDA graphs mid-decode: from then on every call gets the
+    whole cache, not a moving window (CUDA graphs record one graph per shape). Mode faked, spy."""
+    sizes = []
+
+    def spy(mode, k=1):
+        def step(*args):
+            sizes.append(args[1].k[0].size(2))
+            return engine_module._steps(k, *args)
+
+        return step
+
+    monkeypatch.setattr(engine_module, "compile_mode", lambda device: "reduce-overhead")
+    monkeypatch.setattr(engine_module, "compiled_step", spy)
+    m = tiny("rope_1d", seed=6, shape_bias={HEIGHT_0 + 5: 50.0, WIDTH_0 + 5: 50.0})
+    seqs = ragged_prompts("row_major", False, n=3, seed=6)
+    eng = DecodeEngine(EngineConfig(compile="auto", compile_after=4, window=8, compact_below=0.0))
+    got = eng.generate(m, *_batch(seqs), "row_major", max_side=5)
+    assert_same(got, reference(m, seqs, "row_major", max_side=5))
+    assert eng.eager_steps == 4 and len(sizes) > 2 and len(set(sizes)) == 1, sizes

@@ -138,9 +138,11 @@ class DecodeEngine:
             try:
                 if mode != "reduce-overhead":
                     return compiled_step(mode, k)(*args)
-                # CUDA graphs replay into the same output buffers: copy the state out before the next step
+                # CUDA graphs replay into the same output buffers: copy the state out before the next step,
+                # but the token buffer, written in place and static (a copy would be a new, unmarked input)
                 torch.compiler.cudagraph_mark_step_begin()
-                return State(*(x.clone() for x in compiled_step(mode, k)(*args)))
+                out = compiled_step(mode, k)(*args)
+                return State(*(x.clone() for x in out[:-1]), out.out)
             except Exception as err:  # noqa: BLE001 -- whatever the compiler raised: decode eagerly
                 first = str(err).strip().splitlines()[0][:200] if str(err).strip() else ""
                 self.failure = f"{type(err).__name__}: {first}"
@@ -205,6 +207,9 @@ class DecodeEngine:
         ar = torch.arange(B, device=device)
         rows = Rows(length, positions.grid[ar, last], max_len - length)
         plan = plan_table(order, row_end, max_side, device)
+        # its last dimension (3 fields) is a constant: left symbolic, duck sizing would tie it to a
+        # batch of 3 rows (then every other batch size recompiles)
+        torch._dynamo.mark_static(plan, 2)
         has_shape = positions.height is not None and positions.width is not None
         cache = model.new_static_cache(B, L)
         start = time.perf_counter()
@@ -222,16 +227,18 @@ class DecodeEngine:
         stop: Tensor | None = None  # per row: tokens it emits in all, known once the shape is chosen
         keep = torch.arange(B)  # batch row -> chunk row (compaction drops rows)
         done: dict[int, tuple] = {}
-        bucket = 0 if device.type == "cuda" and self.compiling() else self.config.window  # CUDA graphs want fixed shapes
         win: StaticKVCache | None = None
         k = self.config.unroll
         t = 0  # index in the grid of the token chosen last
         while bool(((room if stop is None else stop) > t + 1).any()):
             # the slots the next k steps write: up to the longest live prompt + t + k, rounded up
             live_prompt = prompt if stop is None else prompt[stop > t + 1]
+            # CUDA graphs want fixed shapes: all slots (decided per call: "auto" may start compiling mid-decode)
+            bucket = 0 if compile_mode(device) == "reduce-overhead" and self.compiling() else self.config.window
             n = cache.max_len if not bucket else min(cache.max_len, -(-(int(live_prompt.max()) + t + k) // bucket) * bucket)
             if win is None or win.max_len != n:
                 win = cache.view(slice(None), n)
+                _pin(win, s, self.config)  # the views the step writes through, not only their base
             s = self.step(model, win, s, rows, plan, row_end, max_side, max_len, has_shape)
             t += k
             if stop is None:  # both shape tokens chosen: every row's length is known (the one host sync)
@@ -294,9 +301,10 @@ def _prefill_groups(lengths: list[int], waste: float) -> list[tuple[int, int]]:
 
 
 def _pin(cache: StaticKVCache, s: State, config: EngineConfig) -> None:
-    """CUDA graphs: the buffers a step writes in place stay at fixed addresses (static inputs)."""
-    if s.out.device.type == "cuda" and config.compile != "never":
-        for buf in (*cache.k, *cache.v, s.out):
+    """CUDA graphs: the buffers a step writes in place stay at fixed addresses (static inputs;
+    cudagraph trees skip CUDA graphs for a graph that writes any other input)."""
+    if compile_mode(s.out.device) == "reduce-overhead" and config.compile != "never":
+        for buf in (*cache.k, *cache.v, *(cache.positions or ()), s.out):
             torch._dynamo.mark_static_address(buf)
 
 
