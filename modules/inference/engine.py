@@ -241,9 +241,7 @@ class DecodeEngine:
                 _pin(win, s, self.config)  # the views the step writes through, not only their base
             s = self.step(model, win, s, rows, plan, row_end, max_side, max_len, has_shape)
             t += k
-            if stop is None:  # both shape tokens chosen: every row's length is known (the one host sync)
-                if t < 1:
-                    continue
+            if stop is None:  # both shape tokens chosen (t >= 1): every row's length is known (the one host sync)
                 stop = torch.minimum(tokens_total(s.h, s.w, row_end).cpu(), room).clamp(min=0)
             if stop is None or self.config.compact_below == 0:
                 continue
