@@ -108,3 +108,42 @@ def split_cells(values: torch.Tensor, inp: dict) -> list[torch.Tensor]:
         out.append(grid.reshape(side, side, *v.shape[1:]))
         start += n
     return out
+
+
+def reread_canvas(logits: torch.Tensor, inp: dict) -> torch.Tensor:
+    """The canvas classes ``(N,)`` (``inp["cells"]`` order) of the grid every row's predicted canvas
+    holds, placed back on the canvas: ``to_canvas(read_canvas(classes, colours), S)`` for all rows
+    at once, in tensors (:func:`read_canvas` and :func:`to_canvas` are its reference; a test checks
+    they agree). ``logits`` ``(N, 11)`` are canvas logits in ``inp["cells"]`` order."""
+    classes = logits.argmax(-1)  # (N,)
+    colours = logits[:, :N_COLOURS].argmax(-1)  # (N,)
+    cells = inp["cells"]
+    row_of = cells.nonzero()[:, 0]  # (N,) the batch row of every cell
+    r, c = inp["row"][cells], inp["col"][cells]  # (N,) canvas coordinates
+    inside = classes != OUTSIDE
+    zero = torch.zeros(cells.shape[0], dtype=torch.long, device=logits.device)
+    h = zero.scatter_reduce(0, row_of, torch.where(inside, r + 1, 0), "amax")  # (B,) rows of the grid read
+    w = zero.scatter_reduce(0, row_of, torch.where(inside, c + 1, 0), "amax")  # (B,) its columns
+    in_grid = (r < h[row_of]) & (c < w[row_of])  # (N,)
+    return torch.where(in_grid, torch.where(inside, classes, colours), OUTSIDE)
+
+
+def with_canvas(inp: dict, classes: torch.Tensor, rows: Optional[torch.Tensor] = None) -> dict:
+    """A :func:`canvas_batch` input whose canvas cells hold ``classes`` ``(N,)`` (``inp["cells"]``
+    order; outside as :data:`OUTSIDE_TOKEN`): the next pass's input without rebuilding the layout,
+    which only depends on the canvas side. ``rows`` ``(B,)`` bool: update only those rows."""
+    tokens = inp["tokens"].clone()
+    old = tokens[inp["cells"]]  # (N,)
+    new = torch.where(classes == OUTSIDE, OUTSIDE_TOKEN, classes)
+    if rows is not None:
+        new = torch.where(rows[inp["cells"].nonzero()[:, 0]], new, old)
+    tokens[inp["cells"]] = new
+    return {**inp, "tokens": tokens}
+
+
+def canvas_exact(classes: torch.Tensor, targets: torch.Tensor, inp: dict, fits: torch.Tensor) -> torch.Tensor:
+    """``(B,)`` bool: the row's canvas classes ``(N,)`` equal its target canvas ``(N,)`` in every cell
+    and the target fits the canvas (so the grid read is exactly the target)."""
+    row_of = inp["cells"].nonzero()[:, 0]  # (N,)
+    wrong = torch.zeros(inp["cells"].shape[0], device=classes.device).index_add_(0, row_of, (classes != targets).float())
+    return (wrong == 0) & fits

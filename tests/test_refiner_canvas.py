@@ -7,7 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from gridlm.datamodules.canvas import OUTSIDE, OUTSIDE_TOKEN, canvas_batch, canvas_sides, read_canvas, to_canvas
+from gridlm.datamodules.canvas import (
+    OUTSIDE, OUTSIDE_TOKEN, canvas_batch, canvas_sides, canvas_targets, read_canvas, reread_canvas, split_cells, to_canvas, with_canvas,
+)
 from gridlm.datamodules.datamodule import GridDataModule
 from gridlm.datamodules.drafts import draft_batch
 from gridlm.datamodules.tokens import N_COLOURS
@@ -107,6 +109,70 @@ def test_an_untrained_refiner_starts_by_copying_the_draft_on_the_canvas():
     out = model.refine(batch, drafts)
     same = [g is not None and g.shape == d.shape for g, d in zip(out, drafts)]
     assert sum(same) >= len(same) - 1, (same, [d.shape for d in drafts], [None if g is None else g.shape for g in out])
+
+
+def test_rereading_the_canvas_in_tensors_equals_read_canvas_then_to_canvas():
+    """The fast path of a pass (``reread_canvas`` + ``with_canvas``) against its reference: read
+    each row's grid with ``read_canvas``, put it back with ``to_canvas``, rebuild the input."""
+    batch = _batch()
+    drafts = [np.asarray(m["target"]) for m in batch["meta"]]
+    sides = canvas_sides(batch, drafts)
+    inp = canvas_batch(batch, [to_canvas(d, s) for d, s in zip(drafts, sides)], "row_major")
+    gen = torch.Generator().manual_seed(0)
+    N = int(inp["cells"].sum())
+    for outside_bias in (-2.0, 0.0, 1.0, 3.0, 9.0):  # from no outside cell to all outside (the empty grid)
+        logits = torch.randn(N, N_COLOURS + 1, generator=gen)
+        logits[:, OUTSIDE] += outside_bias
+        fast = reread_canvas(logits, inp)
+        grids = [read_canvas(c.numpy(), k.numpy()) for c, k in zip(split_cells(logits.argmax(-1), inp), split_cells(logits[:, :N_COLOURS].argmax(-1), inp))]
+        slow = [to_canvas(g, s) for g, s in zip(grids, sides)]
+        torch.testing.assert_close(fast, canvas_targets(inp, slow))
+        rebuilt = canvas_batch(batch, slow, "row_major")
+        assert torch.equal(with_canvas(inp, fast)["tokens"], rebuilt["tokens"])
+        keep = torch.tensor([True, False] * (len(drafts) // 2) + [True] * (len(drafts) % 2))
+        partial = with_canvas(inp, fast, keep)["tokens"]
+        for b, k in enumerate(keep.tolist()):
+            assert torch.equal(partial[b], (rebuilt if k else inp)["tokens"][b])
+
+
+def _pass_losses_reference(model: RefinementNetwork, batch, drafts, targets):
+    """The deep-supervision loop written plainly: every pass rebuilds its canvas input from the
+    grids read with ``read_canvas`` (the fast path rewrites the cells in tensors)."""
+    import torch.nn.functional as F
+
+    from gridlm.modules.refiner import same_grid
+
+    sides = model.sides(batch, drafts)
+    fits = torch.tensor([max(t.shape) <= s for t, s in zip(targets, sides)])
+    grids, z, losses, exact = list(drafts), None, [], []
+    for _ in range(model.train_passes):
+        inp = canvas_batch(batch, [to_canvas(g, s) for g, s in zip(grids, sides)], model.order, model.row_end)
+        logits, q, h = model.forward_pass(inp, z)
+        weight = fits[inp["cells"].nonzero()[:, 0]].float()
+        ce = F.cross_entropy(logits, canvas_targets(inp, [to_canvas(t, s) for t, s in zip(targets, sides)]), reduction="none")
+        grids = model.read_grids(logits.detach(), inp)
+        right = [same_grid(g, t) for g, t in zip(grids, targets)]
+        halt = F.binary_cross_entropy_with_logits(q, torch.tensor(right, dtype=torch.float))
+        losses.append((ce * weight).sum() / weight.sum().clamp(min=1) + model.halt_loss_weight * halt)
+        exact.append(right)
+        z = h.detach()
+    return losses, exact
+
+
+def test_the_fast_pass_loop_equals_its_plain_reference():
+    batch = _batch()
+    targets = [np.asarray(m["target"]) for m in batch["meta"]]
+    model = RefinementNetwork(**TINY, draft_ratio=0.0, empty_ratio=0.3, train_passes=3)
+    with torch.no_grad():
+        model.latent_in.weight.normal_(0, 0.1)
+    drafts = model.eval_drafts(batch, "val")
+    drafts[0] = None  # an empty canvas among them
+    fast, fast_exact = model.pass_losses(batch, drafts, targets)
+    slow, slow_exact = _pass_losses_reference(model, batch, drafts, targets)
+    assert fast_exact == slow_exact
+    torch.testing.assert_close(torch.stack(fast), torch.stack(slow))
+    model.forward_pass = _perfect(model, targets)  # every pass exactly right: the halting targets agree
+    assert model.pass_losses(batch, drafts, targets)[1] == _pass_losses_reference(model, batch, drafts, targets)[1] == [[True] * len(targets)] * 3
 
 
 # ---------------------------------------------------------------- deep supervision

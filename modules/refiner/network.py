@@ -39,7 +39,9 @@ from torch import Tensor, nn
 from torchmetrics import MeanMetric, SumMetric
 
 from gridlm.datamodules.augment import Augmentation
-from gridlm.datamodules.canvas import OUTSIDE_TOKEN, canvas_batch, canvas_sides, canvas_targets, read_canvas, split_cells, to_canvas
+from gridlm.datamodules.canvas import (
+    OUTSIDE_TOKEN, canvas_batch, canvas_exact, canvas_sides, canvas_targets, read_canvas, reread_canvas, split_cells, to_canvas, with_canvas,
+)
 from gridlm.datamodules.drafts import CORRUPTIONS, CorruptionName
 from gridlm.datamodules.orders import OrderName
 from gridlm.datamodules.serialize import grid_token_count
@@ -222,13 +224,16 @@ class RefinementNetwork(DraftSources, L.LightningModule):
         active = list(range(len(grids)))
         per_pass: list[list[Grid]] = []
         z = None
+        inp = canvas_batch(batch, [to_canvas(g, s) for g, s in zip(grids, sides)], self.order, self.row_end) if n_passes else None
         for _ in range(n_passes):
             if not active:
                 per_pass.append(list(grids))
                 continue
-            inp = canvas_batch(batch, [to_canvas(g, s) for g, s in zip(grids, sides)], self.order, self.row_end)
             logits, q, z = self.forward_pass(inp, z)
             new = self.read_grids(logits, inp)
+            rows = torch.zeros(len(grids), dtype=torch.bool, device=inp["tokens"].device)
+            rows[active] = True
+            inp = with_canvas(inp, reread_canvas(logits, inp), rows)  # stopped rows keep their canvas
             p = torch.sigmoid(q.float()).tolist()
             still = []
             for i in active:
@@ -250,25 +255,26 @@ class RefinementNetwork(DraftSources, L.LightningModule):
     def pass_losses(self, batch: dict, drafts: Sequence[Grid], targets: Sequence[np.ndarray]) -> tuple[list[Tensor], list[list[bool]]]:
         """Deep supervision: ``train_passes`` passes from ``drafts``, each reading the previous
         pass's grid and the detached latent; per pass the loss (canvas cross-entropy over rows
-        whose target fits their canvas + ``halt_loss_weight`` x halting BCE) and per-row exactness."""
+        whose target fits their canvas + ``halt_loss_weight`` x halting BCE) and per-row exactness.
+        The canvas input is built once: a pass only rewrites its cells (``with_canvas``) with the
+        grid read from the previous pass (``reread_canvas``, in tensors)."""
         sides = self.sides(batch, drafts)
         fits = torch.tensor([max(t.shape) <= s for t, s in zip(targets, sides)], device=self.device)  # (B,)
-        target_canvases = [to_canvas(t, s) for t, s in zip(targets, sides)]
-        grids, z = list(drafts), None
+        inp = canvas_batch(batch, [to_canvas(g, s) for g, s in zip(drafts, sides)], self.order, self.row_end)
+        target = canvas_targets(inp, [to_canvas(t, s) for t, s in zip(targets, sides)])  # (N,)
+        weight = fits[inp["cells"].nonzero()[:, 0]].float()  # (N,) cells of rows whose target fits
+        z = None
         losses, exact = [], []
         for _ in range(self.train_passes):
-            inp = canvas_batch(batch, [to_canvas(g, s) for g, s in zip(grids, sides)], self.order, self.row_end)
             logits, q, h = self.forward_pass(inp, z)
-            cell_rows = inp["cells"].nonzero()[:, 0]  # (N,) the row of every canvas cell
-            weight = fits[cell_rows].float()  # (N,)
-            ce = F.cross_entropy(logits.float(), canvas_targets(inp, target_canvases), reduction="none")  # (N,)
+            ce = F.cross_entropy(logits.float(), target, reduction="none")  # (N,)
             loss = (ce * weight).sum() / weight.sum().clamp(min=1)
-            grids = self.read_grids(logits.detach(), inp)
-            right = [same_grid(g, t) for g, t in zip(grids, targets)]
-            halt = F.binary_cross_entropy_with_logits(q.float(), torch.tensor(right, dtype=torch.float, device=q.device))
+            classes = reread_canvas(logits.detach(), inp)  # (N,) the grid read, back on the canvas
+            right = canvas_exact(classes, target, inp, fits)  # (B,)
+            halt = F.binary_cross_entropy_with_logits(q.float(), right.float())
             losses.append(loss + self.halt_loss_weight * halt)
-            exact.append(right)
-            z = h.detach()  # no gradient crosses a pass
+            exact.append(right.tolist())
+            inp, z = with_canvas(inp, classes), h.detach()  # no gradient crosses a pass
         return losses, exact
 
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
