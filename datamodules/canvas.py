@@ -9,7 +9,9 @@ side. :func:`canvas_batch` serializes the canvas as the query output block (``dr
 an ``S x S`` grid whose outside cells carry :data:`OUTSIDE_TOKEN`, a token only the refiner's
 vocabulary has), and :func:`read_canvas` turns predicted canvas classes back into a grid.
 
-Canvas values are classes ``0..9`` (colours) and ``10`` (:data:`OUTSIDE`).
+Canvas values are classes ``0..9`` (colours) and ``10`` (:data:`OUTSIDE`); between recursive passes
+a cell the refiner is not confident about may be written as ``11`` (:data:`UNKNOWN`, an input-only
+class: Mask-Predict's re-masking of low-confidence tokens, Ghazvininejad et al. 2019).
 """
 
 from __future__ import annotations
@@ -24,7 +26,10 @@ from gridlm.datamodules.tokens import MAX_SIDE, N_COLOURS, VOCAB_SIZE
 
 OUTSIDE = N_COLOURS  # canvas class of a cell outside the grid
 N_CANVAS_CLASSES = N_COLOURS + 1  # 10 colours + outside
-OUTSIDE_TOKEN = VOCAB_SIZE  # the one token the refiner adds to the data's vocabulary
+OUTSIDE_TOKEN = VOCAB_SIZE  # the token the refiner adds to the data's vocabulary for outside cells
+UNKNOWN = N_CANVAS_CLASSES  # input-only canvas class: a cell the previous pass did not commit to
+UNKNOWN_TOKEN = VOCAB_SIZE + 1  # its token (never predicted)
+N_ADDED_TOKENS = 2  # tokens the refiner's vocabulary adds: outside, unknown
 
 
 def to_canvas(grid: Optional[np.ndarray], side: int) -> np.ndarray:
@@ -131,10 +136,11 @@ def reread_canvas(logits: torch.Tensor, inp: dict) -> torch.Tensor:
 def with_canvas(inp: dict, classes: torch.Tensor, rows: Optional[torch.Tensor] = None) -> dict:
     """A :func:`canvas_batch` input whose canvas cells hold ``classes`` ``(N,)`` (``inp["cells"]``
     order; outside as :data:`OUTSIDE_TOKEN`): the next pass's input without rebuilding the layout,
-    which only depends on the canvas side. ``rows`` ``(B,)`` bool: update only those rows."""
+    which only depends on the canvas side. ``rows`` ``(B,)`` bool: update only those rows. The
+    class :data:`UNKNOWN` writes :data:`UNKNOWN_TOKEN` (a cell left open for the next pass)."""
     tokens = inp["tokens"].clone()
     old = tokens[inp["cells"]]  # (N,)
-    new = torch.where(classes == OUTSIDE, OUTSIDE_TOKEN, classes)
+    new = torch.where(classes == OUTSIDE, OUTSIDE_TOKEN, torch.where(classes == UNKNOWN, UNKNOWN_TOKEN, classes))
     if rows is not None:
         new = torch.where(rows[inp["cells"].nonzero()[:, 0]], new, old)
     tokens[inp["cells"]] = new
@@ -147,3 +153,13 @@ def canvas_exact(classes: torch.Tensor, targets: torch.Tensor, inp: dict, fits: 
     row_of = inp["cells"].nonzero()[:, 0]  # (N,)
     wrong = torch.zeros(inp["cells"].shape[0], device=classes.device).index_add_(0, row_of, (classes != targets).float())
     return (wrong == 0) & fits
+
+
+def uncommitted(classes: torch.Tensor, logits: torch.Tensor, threshold: Optional[float]) -> torch.Tensor:
+    """``classes`` ``(N,)`` with every cell whose predicted probability (softmax of ``logits``
+    ``(N, 11)``, its most likely class) is below ``threshold`` set to :data:`UNKNOWN`, so the next
+    pass re-predicts it with the confident cells as context (Mask-Predict). None: all committed."""
+    if threshold is None:
+        return classes
+    confident = logits.float().softmax(-1).amax(-1) >= threshold  # (N,)
+    return torch.where(confident, classes, UNKNOWN)

@@ -212,6 +212,40 @@ def test_every_pass_has_a_loss_and_no_gradient_crosses_a_pass():
     assert g1 is None or g1.abs().sum() == 0  # the first pass has no latent
 
 
+def test_inner_steps_refine_the_latent_without_gradient_before_the_graded_evaluation():
+    """TRM's latent recursion inside a pass: ``inner_steps`` evaluations per pass, each reading
+    the previous one's hidden states; only the last is graded and gives the canvas."""
+    batch = _batch()
+    targets = [np.asarray(m["target"]) for m in batch["meta"]]
+    model = RefinementNetwork(**TINY, draft_ratio=0.0, train_passes=2, inner_steps=3)
+    with torch.no_grad():
+        model.latent_in.weight.normal_(0, 0.1)
+    calls = []
+    original = model.forward_pass
+
+    def spy(inp, z):
+        out = original(inp, z)
+        calls.append((z, out[2], torch.is_grad_enabled()))
+        return out
+
+    model.forward_pass = spy
+    losses, _ = model.pass_losses(batch, model.eval_drafts(batch, "val"), targets)
+    assert len(calls) == 2 * 3
+    assert [g for _, _, g in calls] == [False, False, True] * 2  # only the last evaluation of a pass is graded
+    assert calls[0][0] is None and all(calls[i][0] is calls[i - 1][1] for i in (1, 2, 4, 5))  # each reads the previous latent
+    assert torch.equal(calls[3][0], calls[2][1].detach())  # the next pass starts from the graded evaluation's latent
+    (g,) = torch.autograd.grad(losses[0], [model.latent_in.weight])
+    assert g.abs().sum() > 0  # the first pass reads its own inner latent, so it learns the injection too
+    model.forward_pass = original
+    model.eval()
+    calls.clear()
+    model.forward_pass = spy
+    model.refine_passes(batch, model.eval_drafts(batch, "val"), n_passes=1)
+    assert len(calls) == 3
+    with pytest.raises(ValueError, match="model.inner_steps must be >= 1, got 0"):
+        RefinementNetwork(**TINY, draft_ratio=0.0, inner_steps=0)
+
+
 def test_the_training_step_averages_the_pass_losses_and_logs_each(monkeypatch):
     batch = _batch()
     model = RefinementNetwork(**TINY, draft_ratio=0.0, train_passes=2)

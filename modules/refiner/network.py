@@ -40,7 +40,8 @@ from torchmetrics import MeanMetric, SumMetric
 
 from gridlm.datamodules.augment import Augmentation
 from gridlm.datamodules.canvas import (
-    OUTSIDE_TOKEN, canvas_batch, canvas_exact, canvas_sides, canvas_targets, read_canvas, reread_canvas, split_cells, to_canvas, with_canvas,
+    N_ADDED_TOKENS, OUTSIDE_TOKEN, canvas_batch, canvas_exact, canvas_sides, canvas_targets, read_canvas, reread_canvas, split_cells, to_canvas,
+    uncommitted, with_canvas,
 )
 from gridlm.datamodules.drafts import CORRUPTIONS, CorruptionName
 from gridlm.datamodules.orders import OrderName
@@ -82,6 +83,8 @@ class RefinementNetwork(DraftSources, L.LightningModule):
         canvas_max_side: int = MAX_SIDE,
         train_passes: int = 3,
         n_passes: int = 3,
+        inner_steps: int = 1,
+        commit_threshold: Optional[float] = None,
         halt_threshold: Optional[float] = 0.5,
         halt_loss_weight: float = 0.5,
         n_votes: int = 1,
@@ -121,6 +124,12 @@ class RefinementNetwork(DraftSources, L.LightningModule):
             canvas_max_side: cap of the canvas side (30: every ARC grid fits).
             train_passes: recursive passes per training example, each with its own loss.
             n_passes: passes at most at inference (0: the output is the draft).
+            inner_steps: network evaluations per pass (TRM's latent recursion): the first
+                ``inner_steps - 1`` only update the carried latent, without gradient; the last
+                reads it and predicts the canvas (1: one evaluation per pass).
+            commit_threshold: between passes, a cell predicted with probability below this is
+                written *unknown* on the next pass's canvas, to be re-predicted with the confident
+                cells as context (Mask-Predict); None: the next pass reads the whole grid.
             halt_threshold: a row stops when its halting probability exceeds this (None: stop
                 only when a pass changes nothing).
             halt_loss_weight: weight of the halting head's loss.
@@ -137,7 +146,7 @@ class RefinementNetwork(DraftSources, L.LightningModule):
         self.save_hyperparameters(ignore=["optimizer"])
         _check(locals())
         self.cfg = TransformerConfig(
-            vocab_size=vocab_size + 1,  # + OUTSIDE_TOKEN
+            vocab_size=vocab_size + N_ADDED_TOKENS,  # + OUTSIDE_TOKEN, UNKNOWN_TOKEN
             max_seq_len=max_seq_len + grid_token_count(canvas_max_side, canvas_max_side, row_end),
             d_model=d_model,
             n_layers=n_layers,
@@ -163,7 +172,8 @@ class RefinementNetwork(DraftSources, L.LightningModule):
         self.draft_ratio, self.empty_ratio, self.eval_draft = draft_ratio, empty_ratio, eval_draft
         self.corruptions, self.corrupt_cell_prob = tuple(corruptions), corrupt_cell_prob
         self.canvas_side, self.canvas_max_side = canvas_side, canvas_max_side
-        self.train_passes, self.n_passes = train_passes, n_passes
+        self.train_passes, self.n_passes, self.inner_steps = train_passes, n_passes, inner_steps
+        self.commit_threshold = commit_threshold
         self.halt_threshold, self.halt_loss_weight = halt_threshold, halt_loss_weight
         self.voting = VotingConfig(n_votes=n_votes, colours=vote_colours, keep_zero=vote_keep_zero)
         self.seed, self.grad_clip = seed, grad_clip
@@ -198,6 +208,15 @@ class RefinementNetwork(DraftSources, L.LightningModule):
         pooled = (h * cells).sum(1) / cells.sum(1).clamp(min=1)  # (B, C)
         return logits, self.halt_head(pooled).squeeze(-1), h
 
+    def think(self, inp: dict, z: Optional[Tensor]) -> tuple[Tensor, Tensor, Tensor]:
+        """One pass: ``inner_steps - 1`` evaluations that only refine the latent (no gradient, TRM's
+        no-grad recursion cycles), then :meth:`forward_pass` reading it (outputs as there)."""
+        if self.inner_steps > 1:
+            with torch.no_grad():
+                for _ in range(self.inner_steps - 1):
+                    z = self.forward_pass(inp, z)[2]
+        return self.forward_pass(inp, z)
+
     def sides(self, batch: dict, drafts: Sequence[Grid]) -> list[int]:
         return canvas_sides(batch, drafts, self.canvas_max_side, self.canvas_side)
 
@@ -229,11 +248,12 @@ class RefinementNetwork(DraftSources, L.LightningModule):
             if not active:
                 per_pass.append(list(grids))
                 continue
-            logits, q, z = self.forward_pass(inp, z)
+            logits, q, z = self.think(inp, z)
             new = self.read_grids(logits, inp)
             rows = torch.zeros(len(grids), dtype=torch.bool, device=inp["tokens"].device)
             rows[active] = True
-            inp = with_canvas(inp, reread_canvas(logits, inp), rows)  # stopped rows keep their canvas
+            nxt = uncommitted(reread_canvas(logits, inp), logits, self.commit_threshold)
+            inp = with_canvas(inp, nxt, rows)  # stopped rows keep their canvas
             p = torch.sigmoid(q.float()).tolist()
             still = []
             for i in active:
@@ -266,7 +286,7 @@ class RefinementNetwork(DraftSources, L.LightningModule):
         z = None
         losses, exact = [], []
         for _ in range(self.train_passes):
-            logits, q, h = self.forward_pass(inp, z)
+            logits, q, h = self.think(inp, z)
             ce = F.cross_entropy(logits.float(), target, reduction="none")  # (N,)
             loss = (ce * weight).sum() / weight.sum().clamp(min=1)
             classes = reread_canvas(logits.detach(), inp)  # (N,) the grid read, back on the canvas
@@ -274,7 +294,8 @@ class RefinementNetwork(DraftSources, L.LightningModule):
             halt = F.binary_cross_entropy_with_logits(q.float(), right.float())
             losses.append(loss + self.halt_loss_weight * halt)
             exact.append(right.tolist())
-            inp, z = with_canvas(inp, classes), h.detach()  # no gradient crosses a pass
+            nxt = uncommitted(classes, logits.detach(), self.commit_threshold)  # uncertain cells left open
+            inp, z = with_canvas(inp, nxt), h.detach()  # no gradient crosses a pass
         return losses, exact
 
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
@@ -331,7 +352,7 @@ class RefinementNetwork(DraftSources, L.LightningModule):
             rows = [i for i, f in enumerate(fits) if f]
             sub = select_rows(batch, rows)
             inp = canvas_batch(sub, [to_canvas(drafts[i], sides[i]) for i in rows], self.order, self.row_end)
-            logits, _, _ = self.forward_pass(inp, None)
+            logits, _, _ = self.think(inp, None)
             tgt = canvas_targets(inp, [to_canvas(targets[i], sides[i]) for i in rows])
             m["loss"].update(F.cross_entropy(logits.float(), tgt, reduction="none"))
         for name, metric in m.items():
@@ -407,6 +428,8 @@ class RefinementNetwork(DraftSources, L.LightningModule):
 
 def _check(args: dict) -> None:
     """One-line errors for bad options (the constructor's ``locals()``)."""
+    if args["commit_threshold"] is not None and not 0.0 < args["commit_threshold"] <= 1.0:
+        raise ValueError(f"model.commit_threshold must be in (0, 1] or null, got {args['commit_threshold']}")
     for name in ("draft_ratio", "empty_ratio"):
         if not 0.0 <= args[name] <= 1.0:
             raise ValueError(f"model.{name} must be in [0, 1], got {args[name]}")
@@ -414,9 +437,9 @@ def _check(args: dict) -> None:
         raise ValueError(f"model.draft_ratio + model.empty_ratio must be <= 1, got {args['draft_ratio']} + {args['empty_ratio']}")
     if not 0.0 < args["corrupt_cell_prob"] <= 1.0:
         raise ValueError(f"model.corrupt_cell_prob must be in (0, 1], got {args['corrupt_cell_prob']}")
-    for name in ("n_passes", "train_passes"):
-        if args[name] < (1 if name == "train_passes" else 0):
-            raise ValueError(f"model.{name} must be >= {1 if name == 'train_passes' else 0}, got {args[name]}")
+    for name, least in (("n_passes", 0), ("train_passes", 1), ("inner_steps", 1)):
+        if args[name] < least:
+            raise ValueError(f"model.{name} must be >= {least}, got {args[name]}")
     bad = [k for k in args["corruptions"] if k not in CORRUPTIONS]
     if bad or not args["corruptions"]:
         raise ValueError(f"model.corruptions must be a non-empty subset of {list(CORRUPTIONS)}, got {list(args['corruptions'])}")
