@@ -212,9 +212,10 @@ def test_every_pass_has_a_loss_and_no_gradient_crosses_a_pass():
     assert g1 is None or g1.abs().sum() == 0  # the first pass has no latent
 
 
-def test_inner_steps_refine_the_latent_without_gradient_before_the_graded_evaluation():
+def test_inner_steps_chain_the_latent_inside_a_pass_with_gradient_through_them():
     """TRM's latent recursion inside a pass: ``inner_steps`` evaluations per pass, each reading
-    the previous one's hidden states; only the last is graded and gives the canvas."""
+    the previous one's hidden states, the last giving the canvas; the gradient reaches the first
+    evaluation of a pass, never the previous pass."""
     batch = _batch()
     targets = [np.asarray(m["target"]) for m in batch["meta"]]
     model = RefinementNetwork(**TINY, draft_ratio=0.0, train_passes=2, inner_steps=3)
@@ -231,9 +232,12 @@ def test_inner_steps_refine_the_latent_without_gradient_before_the_graded_evalua
     model.forward_pass = spy
     losses, _ = model.pass_losses(batch, model.eval_drafts(batch, "val"), targets)
     assert len(calls) == 2 * 3
-    assert [g for _, _, g in calls] == [False, False, True] * 2  # only the last evaluation of a pass is graded
     assert calls[0][0] is None and all(calls[i][0] is calls[i - 1][1] for i in (1, 2, 4, 5))  # each reads the previous latent
-    assert torch.equal(calls[3][0], calls[2][1].detach())  # the next pass starts from the graded evaluation's latent
+    assert torch.equal(calls[3][0], calls[2][1].detach()) and not calls[3][0].requires_grad  # a pass starts from the last one's, detached
+    (g,) = torch.autograd.grad(losses[1], [calls[3][1]], retain_graph=True)
+    assert g.abs().sum() > 0  # pass 2's loss reaches its own first evaluation
+    for h in (calls[0][1], calls[1][1], calls[2][1]):
+        assert torch.autograd.grad(losses[1], [h], retain_graph=True, allow_unused=True)[0] is None  # and nothing of pass 1
     (g,) = torch.autograd.grad(losses[0], [model.latent_in.weight])
     assert g.abs().sum() > 0  # the first pass reads its own inner latent, so it learns the injection too
     model.forward_pass = original
@@ -244,6 +248,41 @@ def test_inner_steps_refine_the_latent_without_gradient_before_the_graded_evalua
     assert len(calls) == 3
     with pytest.raises(ValueError, match="model.inner_steps must be >= 1, got 0"):
         RefinementNetwork(**TINY, draft_ratio=0.0, inner_steps=0)
+
+
+def test_pass_noise_recolours_the_handed_on_grid_in_training_only_after_scoring_it():
+    batch = _batch()
+    targets = [np.asarray(m["target"]) for m in batch["meta"]]
+    for noise in (0.0, 0.5):
+        torch.manual_seed(0)
+        model = RefinementNetwork(**TINY, draft_ratio=0.0, train_passes=2, pass_noise=noise)
+        perfect, seen = _perfect(model, targets), []
+
+        def spy(inp, z):
+            seen.append(inp["tokens"][inp["cells"]].clone())
+            return perfect(inp, z)
+
+        model.forward_pass = spy
+        drafts = model.eval_drafts(batch, "val")
+        _, exact = model.pass_losses(batch, drafts, targets)
+        assert exact == [[True] * len(targets)] * 2  # scored on the prediction itself
+        sides = model.sides(batch, drafts)
+        inp = canvas_batch(batch, [to_canvas(t, s) for t, s in zip(targets, sides)], "row_major")
+        clean = inp["tokens"][inp["cells"]]
+        colour = clean < N_COLOURS
+        assert torch.equal(seen[1][~colour], clean[~colour])  # outside cells are never touched
+        changed = (seen[1][colour] != clean[colour]).float().mean()
+        assert (changed == 0) if noise == 0 else (0.3 < changed < 0.7), changed
+    with pytest.raises(ValueError, match="model.pass_noise must be in"):
+        RefinementNetwork(**TINY, draft_ratio=0.0, pass_noise=1.0)
+
+
+def test_corrupted_targets_carry_corrupt_errors_errors():
+    batch = _batch()
+    for k in (1, 2):
+        model = RefinementNetwork(**TINY, draft_ratio=0.0, corruptions=["crop"], corrupt_errors=k)
+        for d, m in zip(model.eval_drafts(batch, "val"), batch["meta"]):
+            assert sum(np.shape(m["target"])) - sum(d.shape) == k  # one row or column removed per error
 
 
 def test_the_training_step_averages_the_pass_losses_and_logs_each(monkeypatch):

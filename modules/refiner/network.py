@@ -79,12 +79,14 @@ class RefinementNetwork(DraftSources, L.LightningModule):
         eval_draft: Optional[DraftSource] = None,
         corruptions: Sequence[CorruptionName] = CORRUPTIONS,
         corrupt_cell_prob: float = 0.1,
+        corrupt_errors: int = 1,
         canvas_side: Optional[int] = None,
         canvas_max_side: int = MAX_SIDE,
         train_passes: int = 3,
         n_passes: int = 3,
         inner_steps: int = 1,
         commit_threshold: Optional[float] = None,
+        pass_noise: float = 0.0,
         halt_threshold: Optional[float] = 0.5,
         halt_loss_weight: float = 0.5,
         n_votes: int = 1,
@@ -120,16 +122,20 @@ class RefinementNetwork(DraftSources, L.LightningModule):
             corruptions: synthetic error kinds for corrupted targets, incl. wrong shapes
                 (``gridlm.datamodules.drafts.CORRUPTIONS``).
             corrupt_cell_prob: per-cell probability of the ``flip`` corruption.
+            corrupt_errors: errors per corrupted target, applied one after the other.
             canvas_side: a fixed canvas side for every example (None: the task's largest side).
             canvas_max_side: cap of the canvas side (30: every ARC grid fits).
             train_passes: recursive passes per training example, each with its own loss.
             n_passes: passes at most at inference (0: the output is the draft).
             inner_steps: network evaluations per pass (TRM's latent recursion): the first
-                ``inner_steps - 1`` only update the carried latent, without gradient; the last
-                reads it and predicts the canvas (1: one evaluation per pass).
+                ``inner_steps - 1`` only update the latent, the last reads it and predicts the
+                canvas; the gradient runs through all of them (1: one evaluation per pass).
             commit_threshold: between passes, a cell predicted with probability below this is
                 written *unknown* on the next pass's canvas, to be re-predicted with the confident
                 cells as context (Mask-Predict); None: the next pass reads the whole grid.
+            pass_noise: training only: each colour cell of the grid a pass hands to the next is
+                recoloured at random with this probability, so later passes learn to correct
+                errors rather than copy their input (which is nearly right on training tasks).
             halt_threshold: a row stops when its halting probability exceeds this (None: stop
                 only when a pass changes nothing).
             halt_loss_weight: weight of the halting head's loss.
@@ -170,10 +176,10 @@ class RefinementNetwork(DraftSources, L.LightningModule):
         self.optimizer_factory = optimizer or default_optimizer
         self.order, self.row_end, self.max_seq_len = order, row_end, max_seq_len
         self.draft_ratio, self.empty_ratio, self.eval_draft = draft_ratio, empty_ratio, eval_draft
-        self.corruptions, self.corrupt_cell_prob = tuple(corruptions), corrupt_cell_prob
+        self.corruptions, self.corrupt_cell_prob, self.corrupt_errors = tuple(corruptions), corrupt_cell_prob, corrupt_errors
         self.canvas_side, self.canvas_max_side = canvas_side, canvas_max_side
         self.train_passes, self.n_passes, self.inner_steps = train_passes, n_passes, inner_steps
-        self.commit_threshold = commit_threshold
+        self.commit_threshold, self.pass_noise = commit_threshold, pass_noise
         self.halt_threshold, self.halt_loss_weight = halt_threshold, halt_loss_weight
         self.voting = VotingConfig(n_votes=n_votes, colours=vote_colours, keep_zero=vote_keep_zero)
         self.seed, self.grad_clip = seed, grad_clip
@@ -209,12 +215,11 @@ class RefinementNetwork(DraftSources, L.LightningModule):
         return logits, self.halt_head(pooled).squeeze(-1), h
 
     def think(self, inp: dict, z: Optional[Tensor]) -> tuple[Tensor, Tensor, Tensor]:
-        """One pass: ``inner_steps - 1`` evaluations that only refine the latent (no gradient, TRM's
-        no-grad recursion cycles), then :meth:`forward_pass` reading it (outputs as there)."""
-        if self.inner_steps > 1:
-            with torch.no_grad():
-                for _ in range(self.inner_steps - 1):
-                    z = self.forward_pass(inp, z)[2]
+        """One pass: ``inner_steps`` evaluations of the network on the same canvas, each reading the
+        previous one's hidden states as its latent (TRM's latent recursion; the gradient runs through
+        all of them, as through TRM's last, graded cycle); outputs as :meth:`forward_pass`."""
+        for _ in range(self.inner_steps - 1):
+            z = self.forward_pass(inp, z)[2]
         return self.forward_pass(inp, z)
 
     def sides(self, batch: dict, drafts: Sequence[Grid]) -> list[int]:
@@ -295,6 +300,9 @@ class RefinementNetwork(DraftSources, L.LightningModule):
             losses.append(loss + self.halt_loss_weight * halt)
             exact.append(right.tolist())
             nxt = uncommitted(classes, logits.detach(), self.commit_threshold)  # uncertain cells left open
+            if self.pass_noise > 0:
+                noisy = (torch.rand(nxt.shape, device=nxt.device) < self.pass_noise) & (nxt < N_COLOURS)  # (N,)
+                nxt = torch.where(noisy, (nxt + torch.randint_like(nxt, 1, N_COLOURS)) % N_COLOURS, nxt)
             inp, z = with_canvas(inp, nxt), h.detach()  # no gradient crosses a pass
         return losses, exact
 
@@ -437,7 +445,9 @@ def _check(args: dict) -> None:
         raise ValueError(f"model.draft_ratio + model.empty_ratio must be <= 1, got {args['draft_ratio']} + {args['empty_ratio']}")
     if not 0.0 < args["corrupt_cell_prob"] <= 1.0:
         raise ValueError(f"model.corrupt_cell_prob must be in (0, 1], got {args['corrupt_cell_prob']}")
-    for name, least in (("n_passes", 0), ("train_passes", 1), ("inner_steps", 1)):
+    if not 0.0 <= args["pass_noise"] < 1.0:
+        raise ValueError(f"model.pass_noise must be in [0, 1), got {args['pass_noise']}")
+    for name, least in (("n_passes", 0), ("train_passes", 1), ("inner_steps", 1), ("corrupt_errors", 1)):
         if args[name] < least:
             raise ValueError(f"model.{name} must be >= {least}, got {args[name]}")
     bad = [k for k in args["corruptions"] if k not in CORRUPTIONS]
