@@ -29,7 +29,7 @@ configuration). Validation logs exact match of the draft, of every pass
 
 from __future__ import annotations
 
-from typing import Optional, Sequence, Union
+from typing import Literal, Optional, Sequence, Union
 
 import lightning as L
 import numpy as np
@@ -55,6 +55,9 @@ from gridlm.modules.refiner.sources import DRAFT_SOURCES, DraftSource, DraftSour
 from gridlm.modules.refiner.voting import refined_attempts
 from gridlm.modules.transformer import MLPName, NormName, Transformer, TransformerConfig
 from gridlm.modules.voting import VotingConfig
+
+CanvasInput = Literal["grid", "soft"]
+CANVAS_INPUTS: tuple[str, ...] = ("grid", "soft")
 
 
 class RefinementNetwork(DraftSources, L.LightningModule):
@@ -87,6 +90,7 @@ class RefinementNetwork(DraftSources, L.LightningModule):
         inner_steps: int = 1,
         commit_threshold: Optional[float] = None,
         pass_noise: float = 0.0,
+        canvas_input: CanvasInput = "grid",
         halt_threshold: Optional[float] = 0.5,
         halt_loss_weight: float = 0.5,
         n_votes: int = 1,
@@ -133,6 +137,10 @@ class RefinementNetwork(DraftSources, L.LightningModule):
             commit_threshold: between passes, a cell predicted with probability below this is
                 written *unknown* on the next pass's canvas, to be re-predicted with the confident
                 cells as context (Mask-Predict); None: the next pass reads the whole grid.
+            canvas_input: what a pass hands to the next on the canvas: ``grid`` (the grid read,
+                one token per cell) or ``soft`` (every cell the mean of the 11 class embeddings
+                under the pass's predicted probabilities: its uncertainty is kept, as TRM carries
+                its answer as an embedding; detached).
             pass_noise: training only: each colour cell of the grid a pass hands to the next is
                 recoloured at random with this probability, so later passes learn to correct
                 errors rather than copy their input (which is nearly right on training tasks).
@@ -179,7 +187,7 @@ class RefinementNetwork(DraftSources, L.LightningModule):
         self.corruptions, self.corrupt_cell_prob, self.corrupt_errors = tuple(corruptions), corrupt_cell_prob, corrupt_errors
         self.canvas_side, self.canvas_max_side = canvas_side, canvas_max_side
         self.train_passes, self.n_passes, self.inner_steps = train_passes, n_passes, inner_steps
-        self.commit_threshold, self.pass_noise = commit_threshold, pass_noise
+        self.commit_threshold, self.pass_noise, self.canvas_input = commit_threshold, pass_noise, canvas_input
         self.halt_threshold, self.halt_loss_weight = halt_threshold, halt_loss_weight
         self.voting = VotingConfig(n_votes=n_votes, colours=vote_colours, keep_zero=vote_keep_zero)
         self.seed, self.grad_clip = seed, grad_clip
@@ -208,6 +216,11 @@ class RefinementNetwork(DraftSources, L.LightningModule):
         T = inp["tokens"].shape[1]
         real = torch.arange(T, device=inp["tokens"].device)[None, :] < inp["lengths"][:, None]  # (B, T)
         add = None if z is None else self.latent_in(z)
+        if inp.get("soft") is not None:  # canvas cells read as the mean embedding under the previous pass's probabilities
+            E = self.model.embed.weight  # (V, C)
+            delta = torch.zeros(*inp["tokens"].shape, E.shape[1], dtype=E.dtype, device=E.device)  # (B, T, C)
+            delta[inp["cells"]] = inp["soft"].to(E.dtype) @ E[self.canvas_ids] - E[inp["tokens"][inp["cells"]]]
+            add = delta if add is None else add + delta
         h = self.model.hidden(inp["tokens"], Positions.from_batch(inp), key_padding_mask=real, input_add=add)  # (B, T, C)
         logits = self.model.embedding_logits(h[inp["cells"]], self.canvas_ids)  # (N, 11)
         cells = inp["cells"][..., None].to(h.dtype)  # (B, T, 1)
@@ -258,7 +271,17 @@ class RefinementNetwork(DraftSources, L.LightningModule):
             rows = torch.zeros(len(grids), dtype=torch.bool, device=inp["tokens"].device)
             rows[active] = True
             nxt = uncommitted(reread_canvas(logits, inp), logits, self.commit_threshold)
+            old = inp.get("soft")
             inp = with_canvas(inp, nxt, rows)  # stopped rows keep their canvas
+            if self.canvas_input == "soft":
+                soft = logits.float().softmax(-1)  # (N, 11)
+                keep = ~rows[inp["cells"].nonzero()[:, 0]]  # (N,) cells of stopped rows
+                if old is not None:
+                    soft = torch.where(keep[:, None], old, soft)
+                else:  # a row stopped before any soft canvas keeps its discrete cells: one-hot
+                    onehot = F.one_hot(nxt.clamp(max=N_COLOURS), N_COLOURS + 1).float()
+                    soft = torch.where(keep[:, None], onehot, soft)
+                inp["soft"] = soft
             p = torch.sigmoid(q.float()).tolist()
             still = []
             for i in active:
@@ -304,6 +327,8 @@ class RefinementNetwork(DraftSources, L.LightningModule):
                 noisy = (torch.rand(nxt.shape, device=nxt.device) < self.pass_noise) & (nxt < N_COLOURS)  # (N,)
                 nxt = torch.where(noisy, (nxt + torch.randint_like(nxt, 1, N_COLOURS)) % N_COLOURS, nxt)
             inp, z = with_canvas(inp, nxt), h.detach()  # no gradient crosses a pass
+            if self.canvas_input == "soft":
+                inp["soft"] = logits.detach().float().softmax(-1)  # (N, 11)
         return losses, exact
 
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
@@ -445,6 +470,8 @@ def _check(args: dict) -> None:
         raise ValueError(f"model.draft_ratio + model.empty_ratio must be <= 1, got {args['draft_ratio']} + {args['empty_ratio']}")
     if not 0.0 < args["corrupt_cell_prob"] <= 1.0:
         raise ValueError(f"model.corrupt_cell_prob must be in (0, 1], got {args['corrupt_cell_prob']}")
+    if args["canvas_input"] not in CANVAS_INPUTS:
+        raise ValueError(f"model.canvas_input must be one of {list(CANVAS_INPUTS)}, got {args['canvas_input']!r}")
     if not 0.0 <= args["pass_noise"] < 1.0:
         raise ValueError(f"model.pass_noise must be in [0, 1), got {args['pass_noise']}")
     for name, least in (("n_passes", 0), ("train_passes", 1), ("inner_steps", 1), ("corrupt_errors", 1)):
