@@ -303,6 +303,11 @@ def test_a_soft_canvas_reads_the_previous_pass_probabilities_and_one_hot_equals_
     assert len(seen) == 2 and seen[0] is None and seen[1].shape == (int(inp["cells"].sum()), N_COLOURS + 1)
     with pytest.raises(ValueError, match="model.canvas_input must be one of"):
         RefinementNetwork(**TINY, draft_ratio=0.0, canvas_input="logits")
+    from typing import get_args
+
+    from gridlm.modules.refiner.options import CANVAS_INPUTS, CanvasInput
+
+    assert get_args(CanvasInput) == CANVAS_INPUTS
 
 
 def test_corrupted_targets_carry_corrupt_errors_errors():
