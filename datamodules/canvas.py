@@ -9,7 +9,9 @@ side. :func:`canvas_batch` serializes the canvas as the query output block (``dr
 an ``S x S`` grid whose outside cells carry :data:`OUTSIDE_TOKEN`, a token only the refiner's
 vocabulary has), and :func:`read_canvas` turns predicted canvas classes back into a grid.
 
-Canvas values are classes ``0..9`` (colours) and ``10`` (:data:`OUTSIDE`).
+Canvas values are classes ``0..9`` (colours) and ``10`` (:data:`OUTSIDE`); between recursive passes
+a cell the refiner is not confident about may be written as ``11`` (:data:`UNKNOWN`, an input-only
+class: Mask-Predict's re-masking of low-confidence tokens, Ghazvininejad et al. 2019).
 """
 
 from __future__ import annotations
@@ -24,7 +26,10 @@ from gridlm.datamodules.tokens import MAX_SIDE, N_COLOURS, VOCAB_SIZE
 
 OUTSIDE = N_COLOURS  # canvas class of a cell outside the grid
 N_CANVAS_CLASSES = N_COLOURS + 1  # 10 colours + outside
-OUTSIDE_TOKEN = VOCAB_SIZE  # the one token the refiner adds to the data's vocabulary
+OUTSIDE_TOKEN = VOCAB_SIZE  # the token the refiner adds to the data's vocabulary for outside cells
+UNKNOWN = N_CANVAS_CLASSES  # input-only canvas class: a cell the previous pass did not commit to
+UNKNOWN_TOKEN = VOCAB_SIZE + 1  # its token (never predicted)
+N_ADDED_TOKENS = 2  # tokens the refiner's vocabulary adds: outside, unknown
 
 
 def to_canvas(grid: Optional[np.ndarray], side: int) -> np.ndarray:
@@ -108,3 +113,53 @@ def split_cells(values: torch.Tensor, inp: dict) -> list[torch.Tensor]:
         out.append(grid.reshape(side, side, *v.shape[1:]))
         start += n
     return out
+
+
+def reread_canvas(logits: torch.Tensor, inp: dict) -> torch.Tensor:
+    """The canvas classes ``(N,)`` (``inp["cells"]`` order) of the grid every row's predicted canvas
+    holds, placed back on the canvas: ``to_canvas(read_canvas(classes, colours), S)`` for all rows
+    at once, in tensors (:func:`read_canvas` and :func:`to_canvas` are its reference; a test checks
+    they agree). ``logits`` ``(N, 11)`` are canvas logits in ``inp["cells"]`` order."""
+    classes = logits.argmax(-1)  # (N,)
+    colours = logits[:, :N_COLOURS].argmax(-1)  # (N,)
+    cells = inp["cells"]
+    row_of = cells.nonzero()[:, 0]  # (N,) the batch row of every cell
+    r, c = inp["row"][cells], inp["col"][cells]  # (N,) canvas coordinates
+    inside = classes != OUTSIDE
+    zero = torch.zeros(cells.shape[0], dtype=torch.long, device=logits.device)
+    h = zero.scatter_reduce(0, row_of, torch.where(inside, r + 1, 0), "amax")  # (B,) rows of the grid read
+    w = zero.scatter_reduce(0, row_of, torch.where(inside, c + 1, 0), "amax")  # (B,) its columns
+    in_grid = (r < h[row_of]) & (c < w[row_of])  # (N,)
+    return torch.where(in_grid, torch.where(inside, classes, colours), OUTSIDE)
+
+
+def with_canvas(inp: dict, classes: torch.Tensor, rows: Optional[torch.Tensor] = None) -> dict:
+    """A :func:`canvas_batch` input whose canvas cells hold ``classes`` ``(N,)`` (``inp["cells"]``
+    order; outside as :data:`OUTSIDE_TOKEN`): the next pass's input without rebuilding the layout,
+    which only depends on the canvas side. ``rows`` ``(B,)`` bool: update only those rows. The
+    class :data:`UNKNOWN` writes :data:`UNKNOWN_TOKEN` (a cell left open for the next pass)."""
+    tokens = inp["tokens"].clone()
+    old = tokens[inp["cells"]]  # (N,)
+    new = torch.where(classes == OUTSIDE, OUTSIDE_TOKEN, torch.where(classes == UNKNOWN, UNKNOWN_TOKEN, classes))
+    if rows is not None:
+        new = torch.where(rows[inp["cells"].nonzero()[:, 0]], new, old)
+    tokens[inp["cells"]] = new
+    return {**inp, "tokens": tokens}
+
+
+def canvas_exact(classes: torch.Tensor, targets: torch.Tensor, inp: dict, fits: torch.Tensor) -> torch.Tensor:
+    """``(B,)`` bool: the row's canvas classes ``(N,)`` equal its target canvas ``(N,)`` in every cell
+    and the target fits the canvas (so the grid read is exactly the target)."""
+    row_of = inp["cells"].nonzero()[:, 0]  # (N,)
+    wrong = torch.zeros(inp["cells"].shape[0], device=classes.device).index_add_(0, row_of, (classes != targets).float())
+    return (wrong == 0) & fits
+
+
+def uncommitted(classes: torch.Tensor, logits: torch.Tensor, threshold: Optional[float]) -> torch.Tensor:
+    """``classes`` ``(N,)`` with every cell whose predicted probability (softmax of ``logits``
+    ``(N, 11)``, its most likely class) is below ``threshold`` set to :data:`UNKNOWN`, so the next
+    pass re-predicts it with the confident cells as context (Mask-Predict). None: all committed."""
+    if threshold is None:
+        return classes
+    confident = logits.float().softmax(-1).amax(-1) >= threshold  # (N,)
+    return torch.where(confident, classes, UNKNOWN)

@@ -39,7 +39,10 @@ from torch import Tensor, nn
 from torchmetrics import MeanMetric, SumMetric
 
 from gridlm.datamodules.augment import Augmentation
-from gridlm.datamodules.canvas import OUTSIDE_TOKEN, canvas_batch, canvas_sides, canvas_targets, read_canvas, split_cells, to_canvas
+from gridlm.datamodules.canvas import (
+    N_ADDED_TOKENS, OUTSIDE_TOKEN, canvas_batch, canvas_exact, canvas_sides, canvas_targets, read_canvas, reread_canvas, split_cells, to_canvas,
+    uncommitted, with_canvas,
+)
 from gridlm.datamodules.drafts import CORRUPTIONS, CorruptionName
 from gridlm.datamodules.orders import OrderName
 from gridlm.datamodules.serialize import grid_token_count
@@ -48,7 +51,8 @@ from gridlm.modules.base_model import OptimizerFactory, default_optimizer, param
 from gridlm.modules.encodings import Positions
 from gridlm.modules.encodings.registry import EncodingName
 from gridlm.modules.provenance import run_metadata
-from gridlm.modules.refiner.sources import DRAFT_SOURCES, DraftSource, DraftSources, Grid, load_base_model, same_grid, select_rows
+from gridlm.modules.refiner.options import CanvasInput, check_options
+from gridlm.modules.refiner.sources import DraftSource, DraftSources, Grid, load_base_model, same_grid, select_rows
 from gridlm.modules.refiner.voting import refined_attempts
 from gridlm.modules.transformer import MLPName, NormName, Transformer, TransformerConfig
 from gridlm.modules.voting import VotingConfig
@@ -76,10 +80,15 @@ class RefinementNetwork(DraftSources, L.LightningModule):
         eval_draft: Optional[DraftSource] = None,
         corruptions: Sequence[CorruptionName] = CORRUPTIONS,
         corrupt_cell_prob: float = 0.1,
+        corrupt_errors: int = 1,
         canvas_side: Optional[int] = None,
         canvas_max_side: int = MAX_SIDE,
         train_passes: int = 3,
         n_passes: int = 3,
+        inner_steps: int = 1,
+        commit_threshold: Optional[float] = None,
+        pass_noise: float = 0.0,
+        canvas_input: CanvasInput = "grid",
         halt_threshold: Optional[float] = 0.5,
         halt_loss_weight: float = 0.5,
         n_votes: int = 1,
@@ -115,10 +124,24 @@ class RefinementNetwork(DraftSources, L.LightningModule):
             corruptions: synthetic error kinds for corrupted targets, incl. wrong shapes
                 (``gridlm.datamodules.drafts.CORRUPTIONS``).
             corrupt_cell_prob: per-cell probability of the ``flip`` corruption.
+            corrupt_errors: errors per corrupted target, applied one after the other.
             canvas_side: a fixed canvas side for every example (None: the task's largest side).
             canvas_max_side: cap of the canvas side (30: every ARC grid fits).
             train_passes: recursive passes per training example, each with its own loss.
             n_passes: passes at most at inference (0: the output is the draft).
+            inner_steps: network evaluations per pass (TRM's latent recursion): the first
+                ``inner_steps - 1`` only update the latent, the last reads it and predicts the
+                canvas; the gradient runs through all of them (1: one evaluation per pass).
+            commit_threshold: between passes, a cell predicted with probability below this is
+                written *unknown* on the next pass's canvas, to be re-predicted with the confident
+                cells as context (Mask-Predict); None: the next pass reads the whole grid.
+            canvas_input: what a pass hands to the next on the canvas: ``grid`` (the grid read,
+                one token per cell) or ``soft`` (every cell the mean of the 11 class embeddings
+                under the pass's predicted probabilities: its uncertainty is kept, as TRM carries
+                its answer as an embedding; detached).
+            pass_noise: training only: each colour cell of the grid a pass hands to the next is
+                recoloured at random with this probability, so later passes learn to correct
+                errors rather than copy their input (which is nearly right on training tasks).
             halt_threshold: a row stops when its halting probability exceeds this (None: stop
                 only when a pass changes nothing).
             halt_loss_weight: weight of the halting head's loss.
@@ -133,9 +156,9 @@ class RefinementNetwork(DraftSources, L.LightningModule):
         """
         super().__init__()
         self.save_hyperparameters(ignore=["optimizer"])
-        _check(locals())
+        check_options(locals())
         self.cfg = TransformerConfig(
-            vocab_size=vocab_size + 1,  # + OUTSIDE_TOKEN
+            vocab_size=vocab_size + N_ADDED_TOKENS,  # + OUTSIDE_TOKEN, UNKNOWN_TOKEN
             max_seq_len=max_seq_len + grid_token_count(canvas_max_side, canvas_max_side, row_end),
             d_model=d_model,
             n_layers=n_layers,
@@ -159,9 +182,10 @@ class RefinementNetwork(DraftSources, L.LightningModule):
         self.optimizer_factory = optimizer or default_optimizer
         self.order, self.row_end, self.max_seq_len = order, row_end, max_seq_len
         self.draft_ratio, self.empty_ratio, self.eval_draft = draft_ratio, empty_ratio, eval_draft
-        self.corruptions, self.corrupt_cell_prob = tuple(corruptions), corrupt_cell_prob
+        self.corruptions, self.corrupt_cell_prob, self.corrupt_errors = tuple(corruptions), corrupt_cell_prob, corrupt_errors
         self.canvas_side, self.canvas_max_side = canvas_side, canvas_max_side
-        self.train_passes, self.n_passes = train_passes, n_passes
+        self.train_passes, self.n_passes, self.inner_steps = train_passes, n_passes, inner_steps
+        self.commit_threshold, self.pass_noise, self.canvas_input = commit_threshold, pass_noise, canvas_input
         self.halt_threshold, self.halt_loss_weight = halt_threshold, halt_loss_weight
         self.voting = VotingConfig(n_votes=n_votes, colours=vote_colours, keep_zero=vote_keep_zero)
         self.seed, self.grad_clip = seed, grad_clip
@@ -190,11 +214,24 @@ class RefinementNetwork(DraftSources, L.LightningModule):
         T = inp["tokens"].shape[1]
         real = torch.arange(T, device=inp["tokens"].device)[None, :] < inp["lengths"][:, None]  # (B, T)
         add = None if z is None else self.latent_in(z)
+        if inp.get("soft") is not None:  # canvas cells read as the mean embedding under the previous pass's probabilities
+            E = self.model.embed.weight  # (V, C)
+            delta = torch.zeros(*inp["tokens"].shape, E.shape[1], dtype=E.dtype, device=E.device)  # (B, T, C)
+            delta[inp["cells"]] = inp["soft"].to(E.dtype) @ E[self.canvas_ids] - E[inp["tokens"][inp["cells"]]]
+            add = delta if add is None else add + delta
         h = self.model.hidden(inp["tokens"], Positions.from_batch(inp), key_padding_mask=real, input_add=add)  # (B, T, C)
         logits = self.model.embedding_logits(h[inp["cells"]], self.canvas_ids)  # (N, 11)
         cells = inp["cells"][..., None].to(h.dtype)  # (B, T, 1)
         pooled = (h * cells).sum(1) / cells.sum(1).clamp(min=1)  # (B, C)
         return logits, self.halt_head(pooled).squeeze(-1), h
+
+    def think(self, inp: dict, z: Optional[Tensor]) -> tuple[Tensor, Tensor, Tensor]:
+        """One pass: ``inner_steps`` evaluations of the network on the same canvas, each reading the
+        previous one's hidden states as its latent (TRM's latent recursion; the gradient runs through
+        all of them, as through TRM's last, graded cycle); outputs as :meth:`forward_pass`."""
+        for _ in range(self.inner_steps - 1):
+            z = self.forward_pass(inp, z)[2]
+        return self.forward_pass(inp, z)
 
     def sides(self, batch: dict, drafts: Sequence[Grid]) -> list[int]:
         return canvas_sides(batch, drafts, self.canvas_max_side, self.canvas_side)
@@ -222,13 +259,27 @@ class RefinementNetwork(DraftSources, L.LightningModule):
         active = list(range(len(grids)))
         per_pass: list[list[Grid]] = []
         z = None
+        inp = canvas_batch(batch, [to_canvas(g, s) for g, s in zip(grids, sides)], self.order, self.row_end) if n_passes else None
         for _ in range(n_passes):
             if not active:
                 per_pass.append(list(grids))
                 continue
-            inp = canvas_batch(batch, [to_canvas(g, s) for g, s in zip(grids, sides)], self.order, self.row_end)
-            logits, q, z = self.forward_pass(inp, z)
+            logits, q, z = self.think(inp, z)
             new = self.read_grids(logits, inp)
+            rows = torch.zeros(len(grids), dtype=torch.bool, device=inp["tokens"].device)
+            rows[active] = True
+            nxt = uncommitted(reread_canvas(logits, inp), logits, self.commit_threshold)
+            old = inp.get("soft")
+            inp = with_canvas(inp, nxt, rows)  # stopped rows keep their canvas
+            if self.canvas_input == "soft":
+                soft = logits.float().softmax(-1)  # (N, 11)
+                keep = ~rows[inp["cells"].nonzero()[:, 0]]  # (N,) cells of stopped rows
+                if old is not None:
+                    soft = torch.where(keep[:, None], old, soft)
+                else:  # a row stopped before any soft canvas keeps its discrete cells: one-hot
+                    onehot = F.one_hot(nxt.clamp(max=N_COLOURS), N_COLOURS + 1).float()
+                    soft = torch.where(keep[:, None], onehot, soft)
+                inp["soft"] = soft
             p = torch.sigmoid(q.float()).tolist()
             still = []
             for i in active:
@@ -250,25 +301,32 @@ class RefinementNetwork(DraftSources, L.LightningModule):
     def pass_losses(self, batch: dict, drafts: Sequence[Grid], targets: Sequence[np.ndarray]) -> tuple[list[Tensor], list[list[bool]]]:
         """Deep supervision: ``train_passes`` passes from ``drafts``, each reading the previous
         pass's grid and the detached latent; per pass the loss (canvas cross-entropy over rows
-        whose target fits their canvas + ``halt_loss_weight`` x halting BCE) and per-row exactness."""
+        whose target fits their canvas + ``halt_loss_weight`` x halting BCE) and per-row exactness.
+        The canvas input is built once: a pass only rewrites its cells (``with_canvas``) with the
+        grid read from the previous pass (``reread_canvas``, in tensors)."""
         sides = self.sides(batch, drafts)
         fits = torch.tensor([max(t.shape) <= s for t, s in zip(targets, sides)], device=self.device)  # (B,)
-        target_canvases = [to_canvas(t, s) for t, s in zip(targets, sides)]
-        grids, z = list(drafts), None
+        inp = canvas_batch(batch, [to_canvas(g, s) for g, s in zip(drafts, sides)], self.order, self.row_end)
+        target = canvas_targets(inp, [to_canvas(t, s) for t, s in zip(targets, sides)])  # (N,)
+        weight = fits[inp["cells"].nonzero()[:, 0]].float()  # (N,) cells of rows whose target fits
+        z = None
         losses, exact = [], []
         for _ in range(self.train_passes):
-            inp = canvas_batch(batch, [to_canvas(g, s) for g, s in zip(grids, sides)], self.order, self.row_end)
-            logits, q, h = self.forward_pass(inp, z)
-            cell_rows = inp["cells"].nonzero()[:, 0]  # (N,) the row of every canvas cell
-            weight = fits[cell_rows].float()  # (N,)
-            ce = F.cross_entropy(logits.float(), canvas_targets(inp, target_canvases), reduction="none")  # (N,)
+            logits, q, h = self.think(inp, z)
+            ce = F.cross_entropy(logits.float(), target, reduction="none")  # (N,)
             loss = (ce * weight).sum() / weight.sum().clamp(min=1)
-            grids = self.read_grids(logits.detach(), inp)
-            right = [same_grid(g, t) for g, t in zip(grids, targets)]
-            halt = F.binary_cross_entropy_with_logits(q.float(), torch.tensor(right, dtype=torch.float, device=q.device))
+            classes = reread_canvas(logits.detach(), inp)  # (N,) the grid read, back on the canvas
+            right = canvas_exact(classes, target, inp, fits)  # (B,)
+            halt = F.binary_cross_entropy_with_logits(q.float(), right.float())
             losses.append(loss + self.halt_loss_weight * halt)
-            exact.append(right)
-            z = h.detach()  # no gradient crosses a pass
+            exact.append(right.tolist())
+            nxt = uncommitted(classes, logits.detach(), self.commit_threshold)  # uncertain cells left open
+            if self.pass_noise > 0:
+                noisy = (torch.rand(nxt.shape, device=nxt.device) < self.pass_noise) & (nxt < N_COLOURS)  # (N,)
+                nxt = torch.where(noisy, (nxt + torch.randint_like(nxt, 1, N_COLOURS)) % N_COLOURS, nxt)
+            inp, z = with_canvas(inp, nxt), h.detach()  # no gradient crosses a pass
+            if self.canvas_input == "soft":
+                inp["soft"] = logits.detach().float().softmax(-1)  # (N, 11)
         return losses, exact
 
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
@@ -325,7 +383,7 @@ class RefinementNetwork(DraftSources, L.LightningModule):
             rows = [i for i, f in enumerate(fits) if f]
             sub = select_rows(batch, rows)
             inp = canvas_batch(sub, [to_canvas(drafts[i], sides[i]) for i in rows], self.order, self.row_end)
-            logits, _, _ = self.forward_pass(inp, None)
+            logits, _, _ = self.think(inp, None)
             tgt = canvas_targets(inp, [to_canvas(targets[i], sides[i]) for i in rows])
             m["loss"].update(F.cross_entropy(logits.float(), tgt, reduction="none"))
         for name, metric in m.items():
@@ -398,34 +456,3 @@ class RefinementNetwork(DraftSources, L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["gridlm"] = run_metadata(getattr(self, "resolved_config", None))
 
-
-def _check(args: dict) -> None:
-    """One-line errors for bad options (the constructor's ``locals()``)."""
-    for name in ("draft_ratio", "empty_ratio"):
-        if not 0.0 <= args[name] <= 1.0:
-            raise ValueError(f"model.{name} must be in [0, 1], got {args[name]}")
-    if args["draft_ratio"] + args["empty_ratio"] > 1.0:
-        raise ValueError(f"model.draft_ratio + model.empty_ratio must be <= 1, got {args['draft_ratio']} + {args['empty_ratio']}")
-    if not 0.0 < args["corrupt_cell_prob"] <= 1.0:
-        raise ValueError(f"model.corrupt_cell_prob must be in (0, 1], got {args['corrupt_cell_prob']}")
-    for name in ("n_passes", "train_passes"):
-        if args[name] < (1 if name == "train_passes" else 0):
-            raise ValueError(f"model.{name} must be >= {1 if name == 'train_passes' else 0}, got {args[name]}")
-    bad = [k for k in args["corruptions"] if k not in CORRUPTIONS]
-    if bad or not args["corruptions"]:
-        raise ValueError(f"model.corruptions must be a non-empty subset of {list(CORRUPTIONS)}, got {list(args['corruptions'])}")
-    if args["eval_draft"] is not None and args["eval_draft"] not in DRAFT_SOURCES:
-        raise ValueError(f"model.eval_draft must be one of {list(DRAFT_SOURCES)}, got {args['eval_draft']!r}")
-    if not 1 <= args["canvas_max_side"] <= MAX_SIDE:
-        raise ValueError(f"model.canvas_max_side must be in 1..{MAX_SIDE}, got {args['canvas_max_side']}")
-    side = args["canvas_side"]
-    if side is not None and not 1 <= side <= args["canvas_max_side"]:
-        raise ValueError(f"model.canvas_side must be in 1..model.canvas_max_side ({args['canvas_max_side']}), got {side}")
-    if args["vocab_size"] != VOCAB_SIZE:
-        raise ValueError(f"model.vocab_size must be the data's {VOCAB_SIZE} (the refiner adds the outside token), got {args['vocab_size']}")
-    needs_base = args["draft_ratio"] > 0 or args["eval_draft"] == "base"
-    if needs_base and args["base_checkpoint"] is None:
-        raise ValueError(
-            f"model.base_checkpoint is required when model.draft_ratio > 0 (got {args['draft_ratio']}) or model.eval_draft is 'base'; "
-            "pass --model.base_checkpoint <base model last.ckpt> or set --model.draft_ratio 0"
-        )

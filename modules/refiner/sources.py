@@ -83,7 +83,7 @@ def choose_sources(seed: int, epoch: int, metas: Sequence[dict], draft_ratio: fl
 
 class DraftSources:
     """The draft methods of ``RefinementNetwork`` (a mixin: it reads ``self._base``, ``seed``,
-    ``draft_ratio``, ``empty_ratio``, ``eval_draft``, ``corruptions``, ``corrupt_cell_prob``)."""
+    ``draft_ratio``, ``empty_ratio``, ``eval_draft``, ``corruptions``, ``corrupt_cell_prob``, ``corrupt_errors``)."""
 
     draft_cache: dict
     n_decoded: int
@@ -127,9 +127,17 @@ class DraftSources:
             elif source == "empty":
                 drafts.append(None)
             else:
-                drafts.append(corrupt(target, rng, self.corruptions, self.corrupt_cell_prob))
+                drafts.append(self.corrupted(target, rng))
             counts[source] += 1
         return drafts, counts
+
+    def corrupted(self, target: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """``target`` with ``corrupt_errors`` errors, each of a kind drawn from ``corruptions``
+        (applied one after the other: several errors, possibly of different kinds)."""
+        draft = target
+        for _ in range(self.corrupt_errors):
+            draft = corrupt(draft, rng, self.corruptions, self.corrupt_cell_prob)
+        return draft
 
     def eval_source(self) -> str:
         """The draft source of validation, test and predict: ``eval_draft``, by default the base
@@ -146,8 +154,7 @@ class DraftSources:
         if source == "empty":
             return [None] * len(batch["meta"])
         return [
-            corrupt(np.asarray(m["target"]), np.random.default_rng([self.seed, int(m["index"]), 1]), self.corruptions, self.corrupt_cell_prob)
-            for m in batch["meta"]
+            self.corrupted(np.asarray(m["target"]), np.random.default_rng([self.seed, int(m["index"]), 1])) for m in batch["meta"]
         ]
 
     def on_train_epoch_start(self) -> None:
