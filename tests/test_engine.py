@@ -268,6 +268,11 @@ def test_input_errors_name_the_defect():
         EngineConfig(compile="sometimes")
     with pytest.raises(ValueError, match="max_rows"):
         EngineConfig(max_rows=0)
+    with pytest.raises(ValueError, match=r"EngineConfig.unroll must be >= 1, got 0"):
+        EngineConfig(unroll=0)
+    for name in ("window", "prefill_waste", "length_spread"):
+        with pytest.raises(ValueError, match=rf"EngineConfig.{name} must be >= 0, got -1"):
+            EngineConfig(**{name: -1})
 
 
 # ---------------------------------------------------------------- compilation

@@ -65,8 +65,9 @@ class EngineConfig:
     def __post_init__(self) -> None:
         if self.compile not in COMPILE_MODES:
             raise ValueError(f"decode compile must be one of {COMPILE_MODES}, got {self.compile!r}")
-        if self.window < 0 or self.prefill_waste < 0 or self.length_spread < 0:
-            raise ValueError(f"EngineConfig.window, prefill_waste and length_spread must be >= 0, got {self.window}, {self.prefill_waste}, {self.length_spread}")
+        for name in ("window", "prefill_waste", "length_spread"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"EngineConfig.{name} must be >= 0, got {getattr(self, name)}")
         for name in ("compile_after", "max_rows", "max_cache_tokens", "unroll"):
             if getattr(self, name) < (0 if name == "compile_after" else 1):
                 raise ValueError(f"EngineConfig.{name} must be >= {0 if name == 'compile_after' else 1}, got {getattr(self, name)}")
@@ -213,10 +214,12 @@ class DecodeEngine:
         has_shape = positions.height is not None and positions.width is not None
         cache = model.new_static_cache(B, L)
         start = time.perf_counter()
-        logits = torch.cat([  # (B, V) the prefill: rows of similar length together, right-padded
-            model(tokens[a:b, :max(lengths[a:b])], positions.map(lambda x: x[a:b, :max(lengths[a:b])]), cache.view(slice(a, b)))[ar[: b - a], last[a:b]]
-            for a, b in _prefill_groups(lengths, self.config.prefill_waste)
-        ])
+        parts = []  # the prefill: rows of similar length together, right-padded to the group's longest
+        for a, b in _prefill_groups(lengths, self.config.prefill_waste):
+            w = max(lengths[a:b])
+            out = model(tokens[a:b, :w], positions.map(lambda x: x[a:b, :w]), cache.view(slice(a, b)))  # (b - a, w, V)
+            parts.append(out[ar[: b - a], last[a:b]])
+        logits = torch.cat(parts)  # (B, V)
         self.time["prefill_s"] += time.perf_counter() - start
         start = time.perf_counter()
         # room for the k - 1 steps a call may run past the longest grid (they write PAD)
@@ -243,7 +246,7 @@ class DecodeEngine:
             t += k
             if stop is None:  # both shape tokens chosen (t >= 1): every row's length is known (the one host sync)
                 stop = torch.minimum(tokens_total(s.h, s.w, row_end).cpu(), room).clamp(min=0)
-            if stop is None or self.config.compact_below == 0:
+            if self.config.compact_below == 0:
                 continue
             live = (stop > t + 1).nonzero()[:, 0]
             if 0 < len(live) < self.config.compact_below * len(stop):  # drop finished rows and unused slots
