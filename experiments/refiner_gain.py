@@ -33,6 +33,7 @@ from typing import Optional, Sequence
 import lightning as L
 import numpy as np
 import torch
+from lightning.pytorch.utilities import move_data_to_device
 
 from gridlm.callbacks.learning_curve import family_of
 from gridlm.callbacks.schedule_free import ScheduleFreeMode
@@ -47,7 +48,7 @@ TRAIN_FAMILIES = "synthetic:" + ",".join(f"-{f}" for f in HELD_OUT)  # the learn
 
 def _batches(loader, device):
     for batch in loader:
-        yield {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+        yield move_data_to_device(batch, device)
 
 
 @torch.no_grad()
