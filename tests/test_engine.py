@@ -417,3 +417,24 @@ def test_cuda_graphs_after_an_eager_start_see_one_cache_shape(monkeypatch):
     got = eng.generate(m, *_batch(seqs), "row_major", max_side=5)
     assert_same(got, reference(m, seqs, "row_major", max_side=5))
     assert eng.eager_steps == 4 and len(sizes) > 2 and len(set(sizes)) == 1, sizes
+
+
+@pytest.mark.slow  # two real inductor compilations of a 1-layer model
+def test_one_row_products_become_fused_sums_only_in_the_batch_1_graph():
+    """On CPU the compiled step decomposes matrix products of one row (``decompose_mm_pass``):
+    a batch of one prompt (its own graph: dynamic shapes specialize a size of 1) gets them and
+    still equals the reference; a batch of two keeps its GEMM calls."""
+    engine_module.compiled_step.cache_clear()
+    torch._dynamo.reset()
+    counters = torch._dynamo.utils.counters["inductor"]
+    torch.manual_seed(0)
+    m = Transformer(TransformerConfig(max_seq_len=256, d_model=16, n_layers=1, n_heads=2, encoding=["rope_1d", "edges_2d"])).eval()
+    seqs = ragged_prompts("row_major", False, n=2, seed=3)
+    eng = DecodeEngine(EngineConfig(compile="always"))
+    decomposed = lambda: sum(v for k, v in counters.items() if k.startswith("decompose_"))  # noqa: E731
+    before = decomposed()
+    assert_same(eng.generate(m, *_batch(seqs), "row_major", max_side=5), reference(m, seqs, "row_major", max_side=5))
+    assert decomposed() == before  # batch of 2: library GEMMs
+    assert_same(eng.generate(m, *_batch(seqs[:1]), "row_major", max_side=5), reference(m, seqs[:1], "row_major", max_side=5))
+    assert eng.failure is None and decomposed() > before  # batch of 1: fused sums
+    engine_module.compiled_step.cache_clear()
