@@ -426,15 +426,16 @@ def test_one_row_products_become_fused_sums_only_in_the_batch_1_graph():
     still equals the reference; a batch of two keeps its GEMM calls."""
     engine_module.compiled_step.cache_clear()
     torch._dynamo.reset()
-    counters = torch._dynamo.utils.counters["inductor"]
     torch.manual_seed(0)
     m = Transformer(TransformerConfig(max_seq_len=256, d_model=16, n_layers=1, n_heads=2, encoding=["rope_1d", "edges_2d"])).eval()
     seqs = ragged_prompts("row_major", False, n=2, seed=3)
     eng = DecodeEngine(EngineConfig(compile="always"))
-    decomposed = lambda: sum(v for k, v in counters.items() if k.startswith("decompose_"))  # noqa: E731
-    before = decomposed()
+    counters = torch._dynamo.utils.counters  # looked up each time: compiling may clear it
+    counters.clear()
+    decomposed = lambda: sum(v for k, v in counters["inductor"].items() if k.startswith("decompose_"))  # noqa: E731
     assert_same(eng.generate(m, *_batch(seqs), "row_major", max_side=5), reference(m, seqs, "row_major", max_side=5))
-    assert decomposed() == before  # batch of 2: library GEMMs
+    assert decomposed() == 0  # batch of 2: library GEMMs
+    # (a graph from inductor's on-disk cache replays the counters its compilation set)
     assert_same(eng.generate(m, *_batch(seqs[:1]), "row_major", max_side=5), reference(m, seqs[:1], "row_major", max_side=5))
-    assert eng.failure is None and decomposed() > before  # batch of 1: fused sums
+    assert eng.failure is None and decomposed() > 0  # batch of 1: fused sums
     engine_module.compiled_step.cache_clear()
