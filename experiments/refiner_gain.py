@@ -27,6 +27,7 @@ import argparse
 import json
 import os
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -51,13 +52,22 @@ def _batches(loader, device):
         yield move_data_to_device(batch, device)
 
 
+@contextmanager
+def _evaluating(module: torch.nn.Module):
+    """``module`` in eval mode inside the block, its training mode restored after (even on error)."""
+    was = module.training
+    module.eval()
+    try:
+        yield
+    finally:
+        module.train(was)
+
+
 @torch.no_grad()
 def refiner_rows(refiner: RefinementNetwork, loader, seed: int) -> list[dict]:
     """One row per example: ``draft``, ``pass_k`` and ``refined`` exact (0/1), shapes, cells."""
-    was = refiner.training
-    refiner.eval()
     rows = []
-    try:
+    with _evaluating(refiner):
         for batch in _batches(loader, refiner.device):
             drafts = refiner.eval_drafts(batch, "test")
             per_pass, _, used = refiner.refine_passes(batch, drafts)
@@ -73,24 +83,18 @@ def refiner_rows(refiner: RefinementNetwork, loader, seed: int) -> list[dict]:
                 if d is not None and r is not None and d.shape == r.shape == t.shape:
                     row["fixed"], row["broken"] = int(((d != t) & (r == t)).sum()), int(((d == t) & (r != t)).sum())
                 rows.append(row)
-    finally:
-        refiner.train(was)
     return rows
 
 
 @torch.no_grad()
 def base_rows(base: AutoregressiveGridModel, loader, seed: int) -> list[dict]:
     """One row per example: the base model's greedy constrained decoding, ``exact`` (0/1)."""
-    was = base.training
-    base.eval()
     rows = []
-    try:
+    with _evaluating(base):
         for batch in _batches(loader, base.device):
             for meta, d in zip(batch["meta"], base.decode_batch(batch)):
                 rows.append({"seed": seed, "task_id": meta["task_id"], "test_index": meta["query"], "family": family_of(meta["task_id"]),
                              "exact": int(same_grid(d.grid, np.asarray(meta["target"])))})  # fmt: skip
-    finally:
-        base.train(was)
     return rows
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from gridlm.experiments import refiner_gain
 
@@ -39,3 +40,14 @@ def test_alone_pairs_the_refiner_from_an_empty_canvas_with_the_base_model(tmp_pa
 def test_bad_options_are_one_line_errors():
     with pytest.raises(SystemExit, match="--minutes must be > 0, got 0.0"):
         refiner_gain.parse(["gain", "--minutes", "0"])
+
+
+def test_evaluation_restores_the_training_mode_even_on_error():
+    net = torch.nn.Linear(2, 2).train()
+    with pytest.raises(RuntimeError, match="boom"), refiner_gain._evaluating(net):
+        assert not net.training
+        raise RuntimeError("boom")
+    assert net.training
+    with refiner_gain._evaluating(net.eval()):
+        pass
+    assert not net.training
